@@ -1,0 +1,51 @@
+"""``AutoConfig``: an ``McaModelConfig`` (or a registered subclass) from an HF or MCA directory."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..converter.hf_io import HF_CONFIG_NAME, read_json
+from ..converter.mca_io import McaCheckpointMeta, is_mca_dir
+from ..converter.template import get_template
+
+# model_type -> "module:Class" of its config class; types not listed use McaModelConfig.
+CONFIG_MAPPING: dict[str, str] = {}
+_DEFAULT = "mcore_adapter.models.model_config:McaModelConfig"
+
+
+def _import(ref: str) -> Any:
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register_config(hf_model_type: str, config_class: str | type, overwrite: bool = False) -> None:
+    if hf_model_type in CONFIG_MAPPING and not overwrite:
+        raise ValueError(f"a config class for {hf_model_type!r} is already registered; pass overwrite=True")
+    CONFIG_MAPPING[hf_model_type] = config_class if isinstance(config_class, str) else (
+        f"{config_class.__module__}:{config_class.__qualname__}"
+    )
+
+
+def config_class_for(hf_model_type: str) -> type:
+    get_template(hf_model_type)  # an unsupported type fails here, listing the supported ones
+    return _import(CONFIG_MAPPING.get(hf_model_type, _DEFAULT))
+
+
+class AutoConfig:
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, **overrides: Any):
+        """The Megatron config of an HF directory (through its template) or an MCA directory."""
+        if is_mca_dir(path):
+            meta = McaCheckpointMeta.load(path)
+            return config_class_for(meta.hf_model_type).from_mca_meta(meta, **overrides)
+        hf_config = read_json(os.path.join(path, HF_CONFIG_NAME))
+        config_class = config_class_for(hf_config.get("model_type"))
+        if "hf_weight_dtype" not in overrides:
+            from ..converter.convert import dtype_name
+            from ..converter.hf_io import HFCheckpoint
+
+            overrides["hf_weight_dtype"] = dtype_name(HFCheckpoint(path).dtype())
+        return config_class.from_hf_config(hf_config, **overrides)

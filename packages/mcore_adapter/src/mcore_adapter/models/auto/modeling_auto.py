@@ -1,0 +1,40 @@
+"""``AutoModel``: the model class registered for a checkpoint's model type (default McaGPTModel)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..converter.hf_io import HF_CONFIG_NAME, read_json
+from ..converter.mca_io import McaCheckpointMeta, is_mca_dir
+from .config_auto import _import, config_class_for
+
+# model_type -> "module:Class"; types not listed use McaGPTModel.
+MODEL_MAPPING: dict[str, str] = {}
+_DEFAULT = "mcore_adapter.models.model:McaGPTModel"
+
+
+def register_model(hf_model_type: str, model_class: str | type, overwrite: bool = False) -> None:
+    if hf_model_type in MODEL_MAPPING and not overwrite:
+        raise ValueError(f"a model class for {hf_model_type!r} is already registered; pass overwrite=True")
+    MODEL_MAPPING[hf_model_type] = model_class if isinstance(model_class, str) else (
+        f"{model_class.__module__}:{model_class.__qualname__}"
+    )
+
+
+def model_class_for(hf_model_type: str) -> type:
+    config_class_for(hf_model_type)
+    return _import(MODEL_MAPPING.get(hf_model_type, _DEFAULT))
+
+
+def model_type_of(path: str | os.PathLike) -> str:
+    if is_mca_dir(path):
+        return McaCheckpointMeta.load(path).hf_model_type
+    return read_json(os.path.join(path, HF_CONFIG_NAME)).get("model_type")
+
+
+class AutoModel:
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, **kwargs: Any):
+        """Build and load the model of an HF directory (converted on the fly) or an MCA directory."""
+        return model_class_for(model_type_of(path)).from_pretrained(path, **kwargs)

@@ -1,0 +1,68 @@
+"""Building blocks shared by the GPT-style families: the config table and op list of a dense
+decoder (RMSNorm, rope, SwiGLU, grouped-query attention). A family template takes these and
+states only its own differences."""
+
+from __future__ import annotations
+
+from .converter.ops import ConverOp, QKVBiasConverOp, QKVConverOp, RenameConverOp, StackConverOp
+
+DENSE_CONFIG_HF_TO_MCA: dict[str, str] = {
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_attention_heads",
+    "num_key_value_heads": "num_query_groups",
+    "head_dim": "kv_channels",
+    "intermediate_size": "ffn_hidden_size",
+    "rms_norm_eps": "layernorm_epsilon",
+    "max_position_embeddings": "max_sequence_length",
+    "vocab_size": "padded_vocab_size",
+    "tie_word_embeddings": "tie_embeddings_and_output_weights",
+    "attention_dropout": "attention_dropout",
+    "rope_parameters.rope_theta": "rotary_base",
+}
+
+DENSE_CONSTANT_MCA_CONFIG: dict[str, object] = {
+    "swiglu": True,
+    "normalization": "RMSNorm",
+    "position_embedding_type": "rope",
+    "add_bias_linear": False,
+    "hidden_dropout": 0.0,
+    "rotary_percent": 1.0,
+}
+
+# What a dense template assumes of the HF config; anything else is a different model.
+DENSE_HF_CONFIG_EXPECT: dict[str, object] = {"hidden_act": "silu"}
+
+# Non-persistent rotary caches that some older exports still contain.
+ROTARY_INV_FREQ_KEYS = [".self_attn.rotary_emb.inv_freq", "model.rotary_emb.inv_freq"]
+
+
+def dense_weight_converters(qkv_bias: bool = False, qk_norm: bool = False) -> list[ConverOp]:
+    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names)."""
+    ops: list[ConverOp] = [
+        RenameConverOp("model.embed_tokens.weight", "embedding.word_embeddings.weight"),
+        RenameConverOp("model.norm.weight", "decoder.final_layernorm.weight"),
+        RenameConverOp("lm_head.weight", "output_layer.weight"),
+        RenameConverOp(".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"),
+        QKVConverOp(
+            [".self_attn.q_proj.weight", ".self_attn.k_proj.weight", ".self_attn.v_proj.weight"],
+            ".self_attention.linear_qkv.weight",
+        ),
+        RenameConverOp(".self_attn.o_proj.weight", ".self_attention.linear_proj.weight"),
+        RenameConverOp(".post_attention_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"),
+        StackConverOp([".mlp.gate_proj.weight", ".mlp.up_proj.weight"], ".mlp.linear_fc1.weight", dim=0),
+        RenameConverOp(".mlp.down_proj.weight", ".mlp.linear_fc2.weight"),
+    ]
+    if qkv_bias:
+        ops.append(
+            QKVBiasConverOp(
+                [".self_attn.q_proj.bias", ".self_attn.k_proj.bias", ".self_attn.v_proj.bias"],
+                ".self_attention.linear_qkv.bias",
+            )
+        )
+    if qk_norm:
+        ops += [
+            RenameConverOp(".self_attn.q_norm.weight", ".self_attention.q_layernorm.weight"),
+            RenameConverOp(".self_attn.k_norm.weight", ".self_attention.k_layernorm.weight"),
+        ]
+    return ops

@@ -1,0 +1,450 @@
+"""Conversion templates: how one HF ``model_type`` maps onto Megatron-Core, config and weights.
+
+A template is declarative: a table of config fields, a list of ``ConverOp``s, the constants
+Megatron needs that HF does not state, and the HF keys that are deliberately ignored.
+Templates are registered per HF ``model_type`` (``register_template``) and looked up with
+``get_template``; the built-in families register themselves the first time the registry is
+used, so importing this module stays cheap.
+
+This module is pure tensor work: it imports neither megatron.core nor transformers' modeling
+code (transformers' config classes are used to read HF configs in their normalized form).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from .ops import (
+    ConcatConverOp,
+    ConverOp,
+    CopyConverOp,
+    DropConverOp,
+    QKVBiasConverOp,
+    QKVConverOp,
+    RenameConverOp,
+    StackConverOp,
+    name_pattern,
+    resolve_wildcards,
+)
+
+__all__ = [
+    "ConcatConverOp",
+    "ConversionError",
+    "ConverOp",
+    "CopyConverOp",
+    "DropConverOp",
+    "QKVBiasConverOp",
+    "QKVConverOp",
+    "RenameConverOp",
+    "StackConverOp",
+    "Template",
+    "UnsupportedModelError",
+    "WeightMapper",
+    "get_template",
+    "register_template",
+    "registered_model_types",
+]
+
+MCA_LAYER_PREFIX = "decoder.layers."
+# Megatron has no output layer weight when it is tied to the word embeddings.
+MCA_OUTPUT_LAYER = "output_layer.weight"
+# Transformer Engine keeps fp8/metadata state under this suffix: not a weight, never converted.
+MCA_EXTRA_STATE_SUFFIX = "._extra_state"
+
+# Built-in families, imported on first use of the registry (each registers its template).
+_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_TEMPLATES: dict[str, Template] = {}
+_builtins_loaded = False
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match its template: an unmapped, missing or inconsistent tensor."""
+
+
+class UnsupportedModelError(KeyError):
+    """No template is registered for a ``model_type``."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+_MISSING = object()
+
+
+def _get_path(config: Mapping[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+@dataclass
+class Template:
+    """Everything needed to convert one HF ``model_type`` to and from Megatron-Core.
+
+    ``config_hf_to_mca`` maps HF config fields (dotted paths into the normalized HF config,
+    e.g. ``rope_parameters.rope_theta``) to Megatron config fields. ``hf_config_expect`` lists
+    HF config values the template relies on; a config that differs is rejected rather than
+    converted into a different model.
+    """
+
+    hf_model_type: str
+    config_hf_to_mca: dict[str, str]
+    weight_converters: list[ConverOp]
+    hf_layer_prefix: str
+    constant_mca_config: dict[str, Any] = field(default_factory=dict)
+    hf_invalid_keys: list[str] = field(default_factory=list)
+    hf_config_expect: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.hf_layer_prefix.endswith("."):
+            raise ValueError(f"hf_layer_prefix must end with '.', got {self.hf_layer_prefix!r}")
+        seen: dict[tuple[bool, str], ConverOp] = {}
+        for op in self.weight_converters:
+            if not isinstance(op, ConverOp):
+                raise TypeError(f"weight_converters holds {op!r}, which is not a ConverOp")
+            for mca, names in ((False, op.hf_names), (True, op.mca_names)):
+                for name in names:
+                    if (mca, name) in seen:
+                        raise ValueError(
+                            f"template {self.hf_model_type!r}: {name!r} is used by both "
+                            f"{seen[mca, name]!r} and {op!r}"
+                        )
+                    seen[mca, name] = op
+        duplicated = {v for v in self.config_hf_to_mca.values() if list(self.config_hf_to_mca.values()).count(v) > 1}
+        if duplicated:
+            raise ValueError(f"template {self.hf_model_type!r}: Megatron fields mapped twice: {duplicated}")
+        self._layer_re = re.compile(rf"^{re.escape(self.hf_layer_prefix)}(\d+)(\..+)$")
+        self._invalid = [name_pattern(name) for name in self.hf_invalid_keys]
+
+    # ------------------------------------------------------------------ config
+    def normalized_hf_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
+        """The HF config as transformers reads it (legacy fields such as ``rope_theta`` and
+        ``rope_scaling`` folded into ``rope_parameters``), as a plain dict."""
+        from transformers import AutoConfig as HFAutoConfig
+
+        kwargs = {k: v for k, v in hf_config.items() if k != "model_type"}
+        model_type = hf_config.get("model_type", self.hf_model_type)
+        return HFAutoConfig.for_model(model_type, **kwargs).to_dict()
+
+    def convert_hf_to_mca_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
+        """Megatron config kwargs (fields of ``McaModelConfig``) for an HF config dict."""
+        hf = self.normalized_hf_config(hf_config)
+        for path, expected in self.hf_config_expect.items():
+            found = _get_path(hf, path)
+            if found is not _MISSING and found != expected:
+                raise ConversionError(
+                    f"template {self.hf_model_type!r} supports {path}={expected!r}, the config has "
+                    f"{path}={found!r}; this model cannot be converted to Megatron-Core as is"
+                )
+        kwargs: dict[str, Any] = {}
+        for hf_path, mca_field in self.config_hf_to_mca.items():
+            value = _get_path(hf, hf_path)
+            if value is not _MISSING and value is not None:
+                kwargs[mca_field] = value
+        kwargs.update(self._rope_kwargs(hf))
+        kwargs.update(self.constant_mca_config)
+        kwargs["hf_model_type"] = self.hf_model_type
+        return kwargs
+
+    def _rope_kwargs(self, hf: Mapping[str, Any]) -> dict[str, Any]:
+        """Translate ``rope_parameters`` (the transformers-wide rope description)."""
+        rope = hf.get("rope_parameters") or {}
+        rope_type = rope.get("rope_type", "default")
+        if rope_type == "default":
+            return {}
+        if rope_type == "llama3":
+            return {
+                "rope_scaling": True,
+                "rope_scaling_factor": rope["factor"],
+                "rope_scaling_low_freq_factor": rope["low_freq_factor"],
+                "rope_scaling_high_freq_factor": rope["high_freq_factor"],
+                "rope_scaling_original_max_position_embeddings": rope["original_max_position_embeddings"],
+            }
+        raise ConversionError(
+            f"template {self.hf_model_type!r}: rope_type {rope_type!r} is not supported "
+            "(supported: 'default', 'llama3')"
+        )
+
+    def convert_mca_to_hf_config(
+        self, mca_kwargs: Mapping[str, Any], hf_config: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The HF config dict for Megatron config kwargs.
+
+        With the HF config the model came from, that config is returned unchanged where the
+        Megatron fields still agree with it, and updated where they differ; without it, a config
+        is built from the inverse of ``config_hf_to_mca``.
+        """
+        if hf_config is None:
+            out: dict[str, Any] = {}
+            for hf_path, mca_field in self.config_hf_to_mca.items():
+                if mca_field in mca_kwargs:
+                    _set_path(out, hf_path, mca_kwargs[mca_field])
+            return self.normalized_hf_config({"model_type": self.hf_model_type, **out})
+        forward = self.convert_hf_to_mca_config(hf_config)
+        changed = {
+            hf_path: mca_kwargs[mca_field]
+            for hf_path, mca_field in self.config_hf_to_mca.items()
+            if mca_field in mca_kwargs and forward.get(mca_field) != mca_kwargs[mca_field]
+        }
+        if not changed:
+            return copy.deepcopy(dict(hf_config))
+        out = self.normalized_hf_config(hf_config)
+        for hf_path, value in changed.items():
+            _set_path(out, hf_path, value)
+        return out
+
+    # ------------------------------------------------------------------ weights
+    def bind(self, mca_config: Any) -> None:
+        """Give the ops the Megatron config numbers they need (heads, groups, head dim)."""
+        for op in self.weight_converters:
+            op.bind(mca_config)
+
+    def active_ops(self, tied_embeddings: bool) -> list[ConverOp]:
+        if not tied_embeddings:
+            return list(self.weight_converters)
+        return [op for op in self.weight_converters if MCA_OUTPUT_LAYER not in op.mca_names]
+
+    def tied_hf_names(self) -> list[str]:
+        """HF names that only exist for an untied output layer (dropped when embeddings are tied)."""
+        return [n for op in self.weight_converters if MCA_OUTPUT_LAYER in op.mca_names for n in op.hf_names]
+
+    def split_hf_name(self, name: str) -> tuple[int | None, str]:
+        match = self._layer_re.match(name)
+        return (int(match.group(1)), match.group(2)) if match else (None, name)
+
+    def join_hf_name(self, layer: int | None, local: str) -> str:
+        return local if layer is None else f"{self.hf_layer_prefix}{layer}{local}"
+
+    @staticmethod
+    def split_mca_name(name: str) -> tuple[int | None, str]:
+        if name.startswith(MCA_LAYER_PREFIX):
+            index, _, rest = name[len(MCA_LAYER_PREFIX) :].partition(".")
+            if index.isdigit():
+                return int(index), "." + rest
+        return None, name
+
+    @staticmethod
+    def join_mca_name(layer: int | None, local: str) -> str:
+        return local if layer is None else f"{MCA_LAYER_PREFIX}{layer}{local}"
+
+    def is_invalid_hf_key(self, local_name: str) -> bool:
+        return any(p.match(local_name) for p in self._invalid)
+
+    def expected_mca_names(self, num_layers: int, tied_embeddings: bool) -> set[str]:
+        """The Megatron names a complete checkpoint produces (wildcard ops excluded)."""
+        names: set[str] = set()
+        for op in self.active_ops(tied_embeddings):
+            if isinstance(op, DropConverOp):
+                continue
+            for name in op.mca_names:
+                if "{}" in name:
+                    continue
+                if op.is_layer_local:
+                    names.update(self.join_mca_name(i, name) for i in range(num_layers))
+                else:
+                    names.add(name)
+        return names
+
+    @staticmethod
+    def op_config(mca_kwargs: Mapping[str, Any]) -> SimpleNamespace:
+        """The numbers the ops read, with Megatron's defaults, without building a TransformerConfig."""
+        heads = mca_kwargs["num_attention_heads"]
+        return SimpleNamespace(
+            num_attention_heads=heads,
+            num_query_groups=mca_kwargs.get("num_query_groups") or heads,
+            kv_channels=mca_kwargs.get("kv_channels") or mca_kwargs["hidden_size"] // heads,
+            num_layers=mca_kwargs["num_layers"],
+            tie_embeddings_and_output_weights=bool(mca_kwargs.get("tie_embeddings_and_output_weights", False)),
+        )
+
+    def mapper(self, mca_config: Any, to_mca: bool) -> WeightMapper:
+        self.bind(mca_config)
+        return WeightMapper(self, mca_config, to_mca)
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion consumed, produced and deliberately dropped (each a set of full names)."""
+
+    consumed: set[str] = field(default_factory=set)
+    produced: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)
+
+
+class WeightMapper:
+    """Streams tensors through a template's ops, one direction.
+
+    ``push(name, tensor)`` returns the converted ``(name, tensor)`` pairs as soon as an op has
+    all its inputs, so a converter holds at most one layer's partial groups. ``finish()``
+    raises if an op is left waiting for an input, and returns the report.
+    """
+
+    def __init__(self, template: Template, mca_config: Any, to_mca: bool):
+        self.template = template
+        self.to_mca = to_mca
+        self.tied = bool(getattr(mca_config, "tie_embeddings_and_output_weights", False))
+        self.report = ConversionReport()
+        self._pending: dict[tuple[int, int | None, tuple[str, ...]], dict[int, torch.Tensor]] = {}
+        self._pending_names: dict[tuple[int, int | None, tuple[str, ...]], list[str]] = {}
+        self._ops = template.active_ops(self.tied)
+        self._exact: dict[tuple[bool, str], tuple[int, int]] = {}
+        self._wild: list[tuple[bool, re.Pattern[str], int, int]] = []
+        src_is_mca = not to_mca
+        for op_index, op in enumerate(self._ops):
+            for slot, name in enumerate(op.names(mca=src_is_mca)):
+                key = (op.is_layer_local, name)
+                if "{}" in name:
+                    self._wild.append((op.is_layer_local, name_pattern(name), op_index, slot))
+                else:
+                    self._exact[key] = (op_index, slot)
+        self._dropped_tied = set(template.tied_hf_names()) if self.tied and to_mca else set()
+
+    def _split(self, name: str) -> tuple[int | None, str]:
+        return self.template.split_hf_name(name) if self.to_mca else self.template.split_mca_name(name)
+
+    def _join(self, layer: int | None, local: str) -> str:
+        return self.template.join_mca_name(layer, local) if self.to_mca else self.template.join_hf_name(layer, local)
+
+    def _lookup(self, layer: int | None, local: str) -> tuple[int, int, tuple[str, ...]] | None:
+        is_local = layer is not None
+        hit = self._exact.get((is_local, local))
+        if hit is not None:
+            return (*hit, ())
+        for wild_local, pattern, op_index, slot in self._wild:
+            if wild_local == is_local:
+                match = pattern.match(local)
+                if match:
+                    return op_index, slot, match.groups()
+        return None
+
+    def push(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        layer, local = self._split(name)
+        if not self.to_mca and name.endswith(MCA_EXTRA_STATE_SUFFIX):
+            return []
+        if self.to_mca and (self.template.is_invalid_hf_key(local) or name in self._dropped_tied):
+            self.report.dropped.add(name)
+            return []
+        hit = self._lookup(layer, local)
+        if hit is None:
+            side = "HF" if self.to_mca else "Megatron"
+            hint = (
+                f"add an op for it to the {self.template.hf_model_type!r} template, or list it in hf_invalid_keys"
+                if self.to_mca
+                else f"the {self.template.hf_model_type!r} template has no op producing it"
+            )
+            raise ConversionError(f"{side} tensor {name!r} is not mapped by any op ({local!r}); {hint}")
+        op_index, slot, captures = hit
+        op = self._ops[op_index]
+        self.report.consumed.add(name)
+        if isinstance(op, DropConverOp):
+            self.report.dropped.add(name)
+            return []
+        key = (op_index, layer, captures)
+        group = self._pending.setdefault(key, {})
+        if slot in group:
+            raise ConversionError(f"tensor {name!r} was given twice")
+        group[slot] = tensor
+        self._pending_names.setdefault(key, []).append(name)
+        src_names = op.names(mca=not self.to_mca)
+        if len(group) < len(src_names):
+            return []
+        del self._pending[key]
+        del self._pending_names[key]
+        outputs = op.convert([group[i] for i in range(len(src_names))], to_mca=self.to_mca)
+        out_names = [self._join(layer, n) for n in resolve_wildcards(op.names(mca=self.to_mca), captures)]
+        self.report.produced.update(out_names)
+        return list(zip(out_names, outputs, strict=True))
+
+    def finish(self) -> ConversionReport:
+        if self._pending:
+            missing = []
+            for (op_index, layer, captures), group in self._pending.items():
+                op = self._ops[op_index]
+                names = resolve_wildcards(op.names(mca=not self.to_mca), captures)
+                missing += [self._join(layer, n) for i, n in enumerate(names) if i not in group]
+            raise ConversionError(
+                f"incomplete checkpoint: {len(missing)} tensor(s) needed by an op are missing: "
+                f"{sorted(missing)[:10]}"
+            )
+        return self.report
+
+
+def _load_builtin_templates() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for family in _BUILTIN_FAMILIES:
+        importlib.import_module(f"mcore_adapter.models.{family}")
+
+
+def register_template(
+    hf_model_type: str,
+    config_hf_to_mca: dict[str, str],
+    weight_converters: Sequence[ConverOp],
+    hf_layer_prefix: str,
+    constant_mca_config: dict[str, Any] | None = None,
+    hf_invalid_keys: Iterable[str] | None = None,
+    *,
+    hf_config_expect: dict[str, Any] | None = None,
+    template_class: type[Template] = Template,
+    overwrite: bool = False,
+) -> Template:
+    """Register the conversion template of one HF ``model_type`` (the ``config.json`` field).
+
+    Registering a type that already has a template raises unless ``overwrite=True``.
+    """
+    _load_builtin_templates()  # so that a user's overwrite=True really replaces a built-in
+    if hf_model_type in _TEMPLATES and not overwrite:
+        raise ValueError(
+            f"a template for model_type {hf_model_type!r} is already registered; "
+            "pass overwrite=True to replace it"
+        )
+    template = template_class(
+        hf_model_type=hf_model_type,
+        config_hf_to_mca=dict(config_hf_to_mca),
+        weight_converters=list(weight_converters),
+        hf_layer_prefix=hf_layer_prefix,
+        constant_mca_config=dict(constant_mca_config or {}),
+        hf_invalid_keys=list(hf_invalid_keys or []),
+        hf_config_expect=dict(hf_config_expect or {}),
+    )
+    _TEMPLATES[hf_model_type] = template
+    return template
+
+
+def get_template(hf_model_type: str) -> Template:
+    """The template registered for ``hf_model_type``; an unknown type lists the supported ones."""
+    _load_builtin_templates()
+    try:
+        return _TEMPLATES[hf_model_type]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"no conversion template for model_type {hf_model_type!r}; supported: "
+            f"{', '.join(sorted(_TEMPLATES))}. Register one with "
+            "mcore_adapter.models.converter.template.register_template(...)"
+        ) from None
+
+
+def registered_model_types() -> list[str]:
+    _load_builtin_templates()
+    return sorted(_TEMPLATES)

@@ -1,0 +1,112 @@
+"""``McaModelConfig``: Megatron-Core's ``TransformerConfig`` plus what building a GPTModel needs
+(vocab, rope, tying) and where the model came from (HF model type and config)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer import TransformerConfig
+
+from .converter.mca_io import McaCheckpointMeta
+from .converter.template import get_template
+
+# Architecture fields every GPT checkpoint records, whether or not its template sets them.
+_ARCH_FIELDS = (
+    "hf_model_type",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "ffn_hidden_size",
+    "padded_vocab_size",
+)
+_PARALLEL_FIELDS = (
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+    "expert_model_parallel_size",
+    "sequence_parallel",
+)
+
+
+@dataclass
+class McaModelConfig(TransformerConfig):
+    hf_model_type: str | None = None
+    padded_vocab_size: int | None = None
+    max_sequence_length: int = 4096
+    position_embedding_type: str = "rope"
+    rotary_base: float = 10000.0
+    rotary_percent: float = 1.0
+    # Llama-3 style rope scaling; Megatron hard-codes all but the factor, we carry them all.
+    rope_scaling: bool = False
+    rope_scaling_factor: float = 8.0
+    rope_scaling_low_freq_factor: float = 1.0
+    rope_scaling_high_freq_factor: float = 4.0
+    rope_scaling_original_max_position_embeddings: int = 8192
+    tie_embeddings_and_output_weights: bool = False
+    swiglu: bool = False
+    # HF semantics: attend to the last `sliding_window` tokens (Megatron: window_size=(w-1, 0)).
+    sliding_window: int | None = None
+    hf_config: dict[str, Any] | None = field(default=None, repr=False)
+    hf_weight_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.swiglu:
+            self.gated_linear_unit = True
+            self.activation_func = F.silu
+        if self.sliding_window is not None:
+            self.window_size = (self.sliding_window - 1, 0)
+        if self.pipeline_model_parallel_size > 1 and self.pipeline_dtype is None:
+            self.pipeline_dtype = self.params_dtype
+        super().__post_init__()
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, hf_config: dict[str, Any], **overrides: Any) -> McaModelConfig:
+        template = get_template(hf_config.get("model_type"))
+        kwargs = template.convert_hf_to_mca_config(hf_config)
+        return cls(**{**kwargs, **overrides}, hf_config=dict(hf_config))
+
+    @classmethod
+    def from_mca_meta(cls, meta: McaCheckpointMeta, **overrides: Any) -> McaModelConfig:
+        kwargs = {k: v for k, v in meta.mca_config.items() if k not in _PARALLEL_FIELDS}
+        return cls(**{**kwargs, **overrides}, hf_config=meta.hf_config, hf_weight_dtype=meta.hf_weight_dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> McaModelConfig:
+        from .auto.config_auto import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, **overrides)
+        if not isinstance(config, cls):
+            raise TypeError(f"{path} holds a {type(config).__name__}, not a {cls.__name__}")
+        return config
+
+    # -- serialization --------------------------------------------------------------------
+    def to_mca_kwargs(self) -> dict[str, Any]:
+        """What mca_config.json keeps: the architecture fields the template defines (runtime
+        choices such as dtype, initialization or recompute are not part of a checkpoint) and
+        the parallel layout the weights were saved in."""
+        template = get_template(self.hf_model_type)
+        arch = template.convert_hf_to_mca_config(self.hf_config) if self.hf_config else {}
+        names = [*arch, *(n for n in _ARCH_FIELDS if n not in arch)]
+        out = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        out.update({name: getattr(self, name) for name in _PARALLEL_FIELDS})
+        return out
+
+    def to_meta(self, checkpoint_format: str) -> McaCheckpointMeta:
+        return McaCheckpointMeta(
+            hf_model_type=self.hf_model_type,
+            mca_config=self.to_mca_kwargs(),
+            hf_config=self.hf_config,
+            checkpoint_format=checkpoint_format,
+            hf_weight_dtype=self.hf_weight_dtype,
+        )
+
+    @property
+    def torch_hf_weight_dtype(self) -> torch.dtype:
+        return getattr(torch, self.hf_weight_dtype)

@@ -1,0 +1,3 @@
+"""The `qwen2` family: conversion template."""
+
+from . import template  # noqa: F401  (registers the template)

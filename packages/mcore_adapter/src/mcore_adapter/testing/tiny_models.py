@@ -1,0 +1,78 @@
+"""Tiny random HF models, one per model type, built from the real transformers config classes.
+
+Each is small enough for CPU (2 layers, hidden 64, head_dim 32) but keeps every feature the
+template converts: grouped-query attention (2 heads, 1 group), rope scaling, biases, q/k norm,
+sliding window. Weights are drawn with std 0.3 so that a wrong op moves logits by far more
+than any tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_BASE: dict[str, Any] = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+}
+
+# model_type -> config kwargs beyond _BASE; a registered template without an entry fails the
+# coverage test.
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "llama": {
+        # Llama 3 rope scaling with a short original context, so that scaling changes the
+        # frequencies of this tiny head dim (Megatron's fixed 8192 would not).
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    },
+    "mistral": {"sliding_window": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
+    "qwen2": {"use_sliding_window": False},
+    "qwen3": {"use_sliding_window": False},
+}
+
+
+def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrides: Any):
+    from transformers import AutoConfig
+
+    if model_type not in TINY_MODELS:
+        raise KeyError(f"no tiny model for {model_type!r}; available: {sorted(TINY_MODELS)}")
+    kwargs = {**_BASE, **TINY_MODELS[model_type], "tie_word_embeddings": tie_word_embeddings, **overrides}
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def make_tiny_hf_checkpoint(
+    model_type: str,
+    path: str | os.PathLike,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    std: float = 0.3,
+    dtype: torch.dtype = torch.float32,
+    **overrides: Any,
+) -> Path:
+    """Write a tiny random HF checkpoint (config.json + safetensors) to ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_hf_config(model_type, tie_word_embeddings, **overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, std)
+    model.to(dtype).save_pretrained(path)
+    return Path(path)
