@@ -1,7 +1,8 @@
 """Tiny random HF models, one per model type, built from the real transformers config classes.
 
 Each is small enough for CPU (2 layers, hidden 64, head_dim 32) but keeps every feature the
-template converts: grouped-query attention (2 heads, 1 group), rope scaling, biases, q/k norm,
+template converts: grouped-query attention (4 heads in 2 groups, so the
+per-group q/k/v layout matters), rope scaling, biases, q/k norm,
 sliding window. Weights are drawn with std 0.3 so that a wrong op moves logits by far more
 than any tolerance.
 """
@@ -19,8 +20,8 @@ _BASE: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
     "head_dim": 32,
     "max_position_embeddings": 512,
     "rms_norm_eps": 1e-6,

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import staged_output_dir
-from .hf_io import HF_CONFIG_NAME, CheckpointError, HFCheckpoint, SafetensorsWriter, write_json
+from .hf_io import HF_CONFIG_NAME, CheckpointError, HFCheckpoint, SafetensorsWriter, copy_side_files, write_json
 from .mca_io import McaCheckpointMeta, load_torch_rank, save_torch_rank, torch_rank_file
 from .template import ConversionError, ConversionReport, Template, get_template
 
@@ -74,6 +74,7 @@ def convert_hf_to_mca(
     with staged_output_dir(dst, force) as tmp:
         save_torch_rank(torch_rank_file(tmp), state_dict)
         meta.save(tmp)
+        copy_side_files(src, tmp)
     return report
 
 
@@ -104,4 +105,5 @@ def convert_mca_to_hf(
         report = mapper.finish()
         writer.close()
         write_json(Path(tmp) / HF_CONFIG_NAME, hf_config)
+        copy_side_files(src, tmp)
     return report

@@ -321,8 +321,8 @@ class WeightMapper:
     def _split(self, name: str) -> tuple[int | None, str]:
         return self.template.split_hf_name(name) if self.to_mca else self.template.split_mca_name(name)
 
-    def _join(self, layer: int | None, local: str) -> str:
-        return self.template.join_mca_name(layer, local) if self.to_mca else self.template.join_hf_name(layer, local)
+    def _join(self, layer: int | None, local: str, mca: bool) -> str:
+        return self.template.join_mca_name(layer, local) if mca else self.template.join_hf_name(layer, local)
 
     def _lookup(self, layer: int | None, local: str) -> tuple[int, int, tuple[str, ...]] | None:
         is_local = layer is not None
@@ -370,7 +370,7 @@ class WeightMapper:
         del self._pending[key]
         del self._pending_names[key]
         outputs = op.convert([group[i] for i in range(len(src_names))], to_mca=self.to_mca)
-        out_names = [self._join(layer, n) for n in resolve_wildcards(op.names(mca=self.to_mca), captures)]
+        out_names = [self._join(layer, n, mca=self.to_mca) for n in resolve_wildcards(op.names(mca=self.to_mca), captures)]
         self.report.produced.update(out_names)
         return list(zip(out_names, outputs, strict=True))
 
@@ -380,7 +380,7 @@ class WeightMapper:
             for (op_index, layer, captures), group in self._pending.items():
                 op = self._ops[op_index]
                 names = resolve_wildcards(op.names(mca=not self.to_mca), captures)
-                missing += [self._join(layer, n) for i, n in enumerate(names) if i not in group]
+                missing += [self._join(layer, n, mca=not self.to_mca) for i, n in enumerate(names) if i not in group]
             raise ConversionError(
                 f"incomplete checkpoint: {len(missing)} tensor(s) needed by an op are missing: "
                 f"{sorted(missing)[:10]}"

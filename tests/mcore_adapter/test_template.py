@@ -1,0 +1,156 @@
+"""Template registry, config translation both ways, and accounting of every tensor."""
+
+import pytest
+import torch
+
+from mcore_adapter.models.converter import template as template_module
+from mcore_adapter.models.converter.template import (
+    ConversionError,
+    RenameConverOp,
+    UnsupportedModelError,
+    get_template,
+    register_template,
+    registered_model_types,
+)
+from mcore_adapter.testing import TINY_MODELS, tiny_hf_config
+
+MODEL_TYPES = registered_model_types()
+
+
+def test_every_registered_template_has_a_tiny_fixture():
+    missing = [t for t in registered_model_types() if t not in TINY_MODELS]
+    assert not missing, f"templates without a tiny model in mcore_adapter.testing.TINY_MODELS: {missing}"
+
+
+def test_builtin_families_are_registered():
+    assert {"llama", "mistral", "qwen2", "qwen3"} <= set(MODEL_TYPES)
+
+
+def test_unknown_model_type_lists_the_supported_ones():
+    with pytest.raises(UnsupportedModelError, match=r"'gpt_oss_9000'.*supported: llama, mistral, qwen2, qwen3"):
+        get_template("gpt_oss_9000")
+
+
+def test_registering_twice_raises_unless_overwrite(monkeypatch):
+    monkeypatch.setattr(template_module, "_TEMPLATES", dict(template_module._TEMPLATES))
+    llama = get_template("llama")
+    args = dict(
+        config_hf_to_mca=llama.config_hf_to_mca,
+        weight_converters=llama.weight_converters,
+        hf_layer_prefix="model.layers.",
+    )
+    with pytest.raises(ValueError, match="already registered; pass overwrite=True"):
+        register_template("llama", **args)
+    replacement = register_template("llama", **args, overwrite=True)
+    assert get_template("llama") is replacement is not llama
+
+
+def test_a_new_model_type_registers_through_the_public_api(monkeypatch):
+    monkeypatch.setattr(template_module, "_TEMPLATES", dict(template_module._TEMPLATES))
+    register_template(
+        "my_model",
+        config_hf_to_mca={"hidden_size": "hidden_size"},
+        weight_converters=[RenameConverOp("model.embed.weight", "embedding.word_embeddings.weight")],
+        hf_layer_prefix="model.blocks.",
+    )
+    assert "my_model" in registered_model_types()
+
+
+def test_template_rejects_a_name_used_by_two_ops():
+    with pytest.raises(ValueError, match="used by both"):
+        register_template(
+            "broken",
+            config_hf_to_mca={},
+            weight_converters=[RenameConverOp(".a", ".x"), RenameConverOp(".a", ".y")],
+            hf_layer_prefix="model.layers.",
+        )
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("tie", [False, True])
+def test_config_round_trip_returns_the_original_hf_config(model_type, tie):
+    template = get_template(model_type)
+    hf_config = tiny_hf_config(model_type, tie).to_dict()
+    mca = template.convert_hf_to_mca_config(hf_config)
+    assert mca["tie_embeddings_and_output_weights"] is tie
+    assert (mca["num_layers"], mca["num_query_groups"], mca["kv_channels"]) == (2, 2, 32)
+    assert template.convert_mca_to_hf_config(mca, hf_config) == hf_config
+    # A Megatron-side change is carried back into the HF config.
+    changed = template.convert_mca_to_hf_config({**mca, "layernorm_epsilon": 1e-3}, hf_config)
+    assert changed["rms_norm_eps"] == 1e-3
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_config_built_from_megatron_fields_alone(model_type):
+    template = get_template(model_type)
+    hf_config = tiny_hf_config(model_type).to_dict()
+    mca = template.convert_hf_to_mca_config(hf_config)
+    rebuilt = template.convert_mca_to_hf_config(mca, None)
+    for hf_path in template.config_hf_to_mca:
+        top = hf_path.split(".")[0]
+        if top != "rope_parameters":
+            assert rebuilt[top] == hf_config[top], hf_path
+    assert rebuilt["rope_parameters"]["rope_theta"] == hf_config["rope_parameters"]["rope_theta"]
+
+
+def test_llama3_rope_parameters_reach_megatron():
+    mca = get_template("llama").convert_hf_to_mca_config(tiny_hf_config("llama").to_dict())
+    assert mca["rope_scaling"] is True
+    assert mca["rope_scaling_original_max_position_embeddings"] == 64
+
+
+@pytest.mark.parametrize(
+    ("model_type", "field", "value"),
+    [("llama", "hidden_act", "gelu"), ("llama", "attention_bias", True), ("qwen2", "use_sliding_window", True)],
+)
+def test_config_the_template_cannot_represent_is_rejected(model_type, field, value):
+    hf_config = {**tiny_hf_config(model_type).to_dict(), field: value}
+    with pytest.raises(ConversionError, match=f"supports {field}="):
+        get_template(model_type).convert_hf_to_mca_config(hf_config)
+
+
+def test_unsupported_rope_type_is_rejected():
+    hf_config = tiny_hf_config("llama", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    with pytest.raises(ConversionError, match="rope_type 'linear' is not supported"):
+        get_template("llama").convert_hf_to_mca_config(hf_config.to_dict())
+
+
+def _mapper(model_type="llama", tie=False):
+    template = get_template(model_type)
+    mca = template.convert_hf_to_mca_config(tiny_hf_config(model_type, tie).to_dict())
+    return template.mapper(template.op_config(mca), to_mca=True)
+
+
+def test_unmapped_hf_key_names_the_key():
+    with pytest.raises(ConversionError, match=r"'model.layers.0.self_attn.rotary_alpha' is not mapped.*hf_invalid_keys"):
+        _mapper().push("model.layers.0.self_attn.rotary_alpha", torch.zeros(1))
+
+
+def test_invalid_keys_and_tied_lm_head_are_reported_as_dropped():
+    mapper = _mapper(tie=True)
+    assert mapper.push("model.layers.1.self_attn.rotary_emb.inv_freq", torch.zeros(1)) == []
+    assert mapper.push("lm_head.weight", torch.zeros(1)) == []
+    assert mapper.finish().dropped == {"model.layers.1.self_attn.rotary_emb.inv_freq", "lm_head.weight"}
+
+
+def test_incomplete_group_is_an_error_naming_the_missing_tensor():
+    mapper = _mapper()
+    mapper.push("model.layers.0.self_attn.q_proj.weight", torch.zeros(128, 64))
+    mapper.push("model.layers.0.self_attn.k_proj.weight", torch.zeros(64, 64))
+    with pytest.raises(ConversionError, match=r"model.layers.0.self_attn.v_proj.weight"):
+        mapper.finish()
+
+
+def test_wildcards_carry_their_match_to_the_output():
+    template = register_template(
+        "wildcard_demo",
+        config_hf_to_mca={},
+        weight_converters=[RenameConverOp("visual.{}", "vision_model.{}")],
+        hf_layer_prefix="model.layers.",
+    )
+    template_module._TEMPLATES.pop("wildcard_demo")
+    mapper = template.mapper(None, to_mca=True)
+    t = torch.ones(2)
+    assert mapper.push("visual.blocks.0.attn.qkv.weight", t) == [("vision_model.blocks.0.attn.qkv.weight", t)]
+    back = template.mapper(None, to_mca=False)
+    assert back.push("vision_model.merger.mlp.0.bias", t) == [("visual.merger.mlp.0.bias", t)]
