@@ -6,6 +6,7 @@ megatron-core assumes a GPU in a few places that matter for the dense GPT path:
   global memory buffer of attention): it must name the CPU;
 - ``model_parallel_cuda_manual_seed`` seeds CUDA RNG states: on CPU we ask for the inference
   tracker, which keeps plain torch RNG state;
+- dist_checkpointing calls ``torch.cuda.synchronize()`` when saving: a no-op on CPU;
 - causal and sliding-window masks are built on "cuda": callers pass an explicit causal mask
   (``causal_attention_mask``) and the sliding-window builder is replaced by a device-free one.
 """
@@ -40,6 +41,8 @@ def apply_cpu_shims() -> bool:
     if has_cuda():
         return False
     torch.cuda.current_device = lambda: CPU  # type: ignore[assignment]
+    # dist_checkpointing's filesystem writer synchronizes CUDA before copying tensors out.
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
 
     from megatron.core.fusions import fused_softmax
 
