@@ -30,7 +30,9 @@ def tiny_checkpoint(tmp_path_factory):
         key = (model_type, tie, tuple(sorted(overrides.items())))
         if key not in cache:
             path = tmp_path_factory.mktemp(f"{model_type}-tie{int(tie)}")
-            cache[key] = make_tiny_hf_checkpoint(model_type, path / "hf", tie_word_embeddings=tie, **overrides)
+            cache[key] = make_tiny_hf_checkpoint(
+                model_type, path / "hf", tie_word_embeddings=tie, **overrides
+            )
         return cache[key]
 
     return make

@@ -126,7 +126,9 @@ def test_unknown_model_type_is_a_clear_error(tiny_checkpoint, tmp_path):
     src = _copy_checkpoint(tiny_checkpoint("llama"), tmp_path / "src")
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**config, "model_type": "mamba_lite"}))
-    with pytest.raises(KeyError, match="no conversion template for model_type 'mamba_lite'; supported: llama"):
+    with pytest.raises(
+        KeyError, match="no conversion template for model_type 'mamba_lite'; supported: llama"
+    ):
         convert_hf_to_mca(src, tmp_path / "dst", progress=False)
 
 

@@ -25,7 +25,9 @@ PARITY_TOL = 1e-5  # fp32, eager attention on both sides
 def hf_logits(path, tokens):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
         return model(tokens).logits
 
@@ -123,7 +125,9 @@ def _ungrouped_qkv(op):
     return op
 
 
-@pytest.mark.parametrize("breakage", [_swap_gate_up, _ungrouped_qkv], ids=["swapped-gate-up", "ungrouped-qkv"])
+@pytest.mark.parametrize(
+    "breakage", [_swap_gate_up, _ungrouped_qkv], ids=["swapped-gate-up", "ungrouped-qkv"]
+)
 def test_parity_check_catches_a_wrong_conversion(breakage, megatron, tiny_checkpoint, monkeypatch):
     from mcore_adapter import AutoModel
 
@@ -141,12 +145,17 @@ def test_rope_scaling_parameters_and_sliding_window_matter(megatron, tiny_checkp
     tokens = tokens_for(seq_len=16)
     llama = tiny_checkpoint("llama")
     diff = max_diff(
-        mca_logits(AutoModel.from_pretrained(llama, rope_scaling_original_max_position_embeddings=8192), tokens),
+        mca_logits(
+            AutoModel.from_pretrained(llama, rope_scaling_original_max_position_embeddings=8192), tokens
+        ),
         hf_logits(llama, tokens),
     )
     assert diff > 1e-2, diff
     mistral = tiny_checkpoint("mistral")
-    diff = max_diff(mca_logits(AutoModel.from_pretrained(mistral, sliding_window=None), tokens), hf_logits(mistral, tokens))
+    diff = max_diff(
+        mca_logits(AutoModel.from_pretrained(mistral, sliding_window=None), tokens),
+        hf_logits(mistral, tokens),
+    )
     assert diff > 1e-2, diff
 
 

@@ -27,7 +27,9 @@ def test_builtin_families_are_registered():
 
 
 def test_unknown_model_type_lists_the_supported_ones():
-    with pytest.raises(UnsupportedModelError, match=r"'gpt_oss_9000'.*supported: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"'gpt_oss_9000'.*supported: llama, mistral, qwen2, qwen3"
+    ):
         get_template("gpt_oss_9000")
 
 
@@ -101,7 +103,11 @@ def test_llama3_rope_parameters_reach_megatron():
 
 @pytest.mark.parametrize(
     ("model_type", "field", "value"),
-    [("llama", "hidden_act", "gelu"), ("llama", "attention_bias", True), ("qwen2", "use_sliding_window", True)],
+    [
+        ("llama", "hidden_act", "gelu"),
+        ("llama", "attention_bias", True),
+        ("qwen2", "use_sliding_window", True),
+    ],
 )
 def test_config_the_template_cannot_represent_is_rejected(model_type, field, value):
     hf_config = {**tiny_hf_config(model_type).to_dict(), field: value}
@@ -110,7 +116,9 @@ def test_config_the_template_cannot_represent_is_rejected(model_type, field, val
 
 
 def test_unsupported_rope_type_is_rejected():
-    hf_config = tiny_hf_config("llama", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    hf_config = tiny_hf_config(
+        "llama", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    )
     with pytest.raises(ConversionError, match="rope_type 'linear' is not supported"):
         get_template("llama").convert_hf_to_mca_config(hf_config.to_dict())
 
@@ -122,7 +130,9 @@ def _mapper(model_type="llama", tie=False):
 
 
 def test_unmapped_hf_key_names_the_key():
-    with pytest.raises(ConversionError, match=r"'model.layers.0.self_attn.rotary_alpha' is not mapped.*hf_invalid_keys"):
+    with pytest.raises(
+        ConversionError, match=r"'model.layers.0.self_attn.rotary_alpha' is not mapped.*hf_invalid_keys"
+    ):
         _mapper().push("model.layers.0.self_attn.rotary_alpha", torch.zeros(1))
 
 

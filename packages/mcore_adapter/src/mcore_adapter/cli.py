@@ -70,7 +70,10 @@ def compare_with_hf(hf_dir: Path, batch_size: int = 2, seq_len: int = 16, seed: 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.tp != 1 or args.pp != 1 or args.ep != 1:
-        print("error: verify runs tp=pp=ep=1 in this version; multi-rank layouts are not supported yet", file=sys.stderr)
+        print(
+            "error: verify runs tp=pp=ep=1 in this version; multi-rank layouts are not supported yet",
+            file=sys.stderr,
+        )
         return 2
     diff = compare_with_hf(Path(args.hf_dir), args.batch_size, args.seq_len)
     print(f"max_abs_diff={diff:.6g}")
@@ -104,10 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="HF <-> MCA (direction from SRC: MCA dirs hold mca_config.json)")
     convert.add_argument("src")
     convert.add_argument("dst")
-    convert.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
-                         help="weight dtype of the output (default: keep the source's)")
-    convert.add_argument("--format", choices=["torch", "torch_dist"], default="torch",
-                         help="MCA weight format when writing MCA (default: torch)")
+    convert.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="weight dtype of the output (default: keep the source's)",
+    )
+    convert.add_argument(
+        "--format",
+        choices=["torch", "torch_dist"],
+        default="torch",
+        help="MCA weight format when writing MCA (default: torch)",
+    )
     convert.add_argument("--force", action="store_true", help="replace DST if it exists")
     convert.set_defaults(func=cmd_convert)
 

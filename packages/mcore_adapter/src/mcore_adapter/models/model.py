@@ -33,9 +33,8 @@ from .converter.template import ConversionError, get_template
 from .model_config import McaModelConfig
 
 try:  # Transformer Engine is optional (absent on CPU machines)
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
-
     import transformer_engine  # noqa: F401
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
     HAVE_TE = True
 except ImportError:
@@ -87,7 +86,9 @@ class McaGPTModel(GPTModel):
         rotary = self.rotary_pos_emb
         dim = rotary.inv_freq.numel() * 2
         device = rotary.inv_freq.device
-        base = 1.0 / (self.config.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+        base = 1.0 / (
+            self.config.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
+        )
         rotary.inv_freq = rotary._apply_scaling(
             base,
             factor=self.config.rope_scaling_factor,
@@ -217,7 +218,9 @@ class McaGPTModel(GPTModel):
                 loaded.add(name)
         missing = sorted(set(targets) - loaded)
         if missing:
-            raise ConversionError(f"{source} lacks {len(missing)} parameter(s) of the model, e.g. {missing[:5]}")
+            raise ConversionError(
+                f"{source} lacks {len(missing)} parameter(s) of the model, e.g. {missing[:5]}"
+            )
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, path: str | os.PathLike, force: bool = False) -> None:
@@ -240,7 +243,11 @@ class McaGPTModel(GPTModel):
     ) -> None:
         """Save as an HF directory (config.json + safetensors shards + index) with the names,
         shapes and dtype of the checkpoint the model came from."""
-        if parallel_state.get_tensor_model_parallel_world_size() * parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        if (
+            parallel_state.get_tensor_model_parallel_world_size()
+            * parallel_state.get_pipeline_model_parallel_world_size()
+            > 1
+        ):
             raise NotImplementedError("save_pretrained_as_hf gathers tp=pp=1 models only for now")
         template = get_template(self.config.hf_model_type)
         mapper = template.mapper(self.config, to_mca=False)
@@ -250,7 +257,9 @@ class McaGPTModel(GPTModel):
         def write(tmp: Path) -> None:
             if not is_rank_zero():
                 return
-            writer = SafetensorsWriter(tmp, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}))
+            writer = SafetensorsWriter(
+                tmp, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {})
+            )
             for name, tensor in self.canonical_tensors():
                 for hf_name, hf_tensor in mapper.push(name, tensor.detach()):
                     writer.add(hf_name, hf_tensor.to(dtype))

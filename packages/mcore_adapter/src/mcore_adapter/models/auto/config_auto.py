@@ -24,8 +24,10 @@ def _import(ref: str) -> Any:
 def register_config(hf_model_type: str, config_class: str | type, overwrite: bool = False) -> None:
     if hf_model_type in CONFIG_MAPPING and not overwrite:
         raise ValueError(f"a config class for {hf_model_type!r} is already registered; pass overwrite=True")
-    CONFIG_MAPPING[hf_model_type] = config_class if isinstance(config_class, str) else (
-        f"{config_class.__module__}:{config_class.__qualname__}"
+    CONFIG_MAPPING[hf_model_type] = (
+        config_class
+        if isinstance(config_class, str)
+        else (f"{config_class.__module__}:{config_class.__qualname__}")
     )
 
 

@@ -17,8 +17,10 @@ _DEFAULT = "mcore_adapter.models.model:McaGPTModel"
 def register_model(hf_model_type: str, model_class: str | type, overwrite: bool = False) -> None:
     if hf_model_type in MODEL_MAPPING and not overwrite:
         raise ValueError(f"a model class for {hf_model_type!r} is already registered; pass overwrite=True")
-    MODEL_MAPPING[hf_model_type] = model_class if isinstance(model_class, str) else (
-        f"{model_class.__module__}:{model_class.__qualname__}"
+    MODEL_MAPPING[hf_model_type] = (
+        model_class
+        if isinstance(model_class, str)
+        else (f"{model_class.__module__}:{model_class.__qualname__}")
     )
 
 

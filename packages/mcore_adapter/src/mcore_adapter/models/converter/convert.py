@@ -13,7 +13,14 @@ import torch
 from tqdm import tqdm
 
 from .atomic import staged_output_dir
-from .hf_io import HF_CONFIG_NAME, CheckpointError, HFCheckpoint, SafetensorsWriter, copy_side_files, write_json
+from .hf_io import (
+    HF_CONFIG_NAME,
+    CheckpointError,
+    HFCheckpoint,
+    SafetensorsWriter,
+    copy_side_files,
+    write_json,
+)
 from .mca_io import McaCheckpointMeta, load_torch_rank, save_torch_rank, torch_rank_file
 from .template import ConversionError, ConversionReport, Template, get_template
 

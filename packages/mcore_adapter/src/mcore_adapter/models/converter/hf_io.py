@@ -67,8 +67,13 @@ def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]
 
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
-_NOT_SIDE_FILES = {HF_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, "pytorch_model.bin.index.json", "mca_config.json",
-                   "latest_checkpointed_iteration.txt"}
+_NOT_SIDE_FILES = {
+    HF_CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    "pytorch_model.bin.index.json",
+    "mca_config.json",
+    "latest_checkpointed_iteration.txt",
+}
 
 
 class HFCheckpoint:
@@ -106,7 +111,9 @@ class HFCheckpoint:
         try:
             return safe_open(self.path / filename, framework="pt")
         except Exception as e:  # safetensors raises its own error types for a bad header
-            raise CheckpointError(f"cannot read {self.path / filename}: {e}; the shard may be truncated") from e
+            raise CheckpointError(
+                f"cannot read {self.path / filename}: {e}; the shard may be truncated"
+            ) from e
 
     def keys(self) -> list[str]:
         return list(self.weight_map)
@@ -141,7 +148,12 @@ class HFCheckpoint:
         return _SAFETENSORS_DTYPES[code]
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+}
 
 
 class SafetensorsWriter:
@@ -171,7 +183,9 @@ class SafetensorsWriter:
         return f"model-shard-{index:05d}.safetensors.tmp"
 
     def _flush(self) -> None:
-        save_file(self._buffer, self.path / self._shard_tmp_name(len(self._shards)), metadata={"format": "pt"})
+        save_file(
+            self._buffer, self.path / self._shard_tmp_name(len(self._shards)), metadata={"format": "pt"}
+        )
         self._shards.append(list(self._buffer))
         self._buffer, self._buffer_bytes = {}, 0
 

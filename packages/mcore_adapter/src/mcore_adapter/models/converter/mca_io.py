@@ -82,12 +82,21 @@ class McaCheckpointMeta:
         data = read_json(Path(path) / MCA_CONFIG_NAME)
         missing = [k for k in ("hf_model_type", "mca_config", "checkpoint_format") if k not in data]
         if missing:
-            raise CheckpointError(f"{Path(path) / MCA_CONFIG_NAME} lacks {missing}; it was not written by mcore_adapter")
+            raise CheckpointError(
+                f"{Path(path) / MCA_CONFIG_NAME} lacks {missing}; it was not written by mcore_adapter"
+            )
         if data["checkpoint_format"] not in FORMATS:
             raise CheckpointError(
                 f"{Path(path) / MCA_CONFIG_NAME}: checkpoint_format {data['checkpoint_format']!r} is not one of {FORMATS}"
             )
-        known = {"format_version", "hf_model_type", "mca_config", "hf_config", "checkpoint_format", "hf_weight_dtype"}
+        known = {
+            "format_version",
+            "hf_model_type",
+            "mca_config",
+            "hf_config",
+            "checkpoint_format",
+            "hf_weight_dtype",
+        }
         return cls(
             hf_model_type=data["hf_model_type"],
             mca_config=data["mca_config"],

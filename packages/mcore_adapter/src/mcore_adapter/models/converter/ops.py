@@ -199,7 +199,9 @@ class ConcatConverOp(ConverOp):
             return list(torch.chunk(fused, len(self.hf_names), dim=self.dim))
         sizes = [s if isinstance(s, int) else self._need(s)[0] for s in self.sizes]
         if sum(sizes) != fused.shape[self.dim]:
-            raise ValueError(f"ConcatConverOp {self.mca_names[0]}: sizes {sizes} != dim {fused.shape[self.dim]}")
+            raise ValueError(
+                f"ConcatConverOp {self.mca_names[0]}: sizes {sizes} != dim {fused.shape[self.dim]}"
+            )
         return list(torch.split(fused, sizes, dim=self.dim))
 
 

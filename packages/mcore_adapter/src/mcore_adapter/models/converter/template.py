@@ -37,8 +37,8 @@ from .ops import (
 
 __all__ = [
     "ConcatConverOp",
-    "ConversionError",
     "ConverOp",
+    "ConversionError",
     "CopyConverOp",
     "DropConverOp",
     "QKVBiasConverOp",
@@ -129,7 +129,9 @@ class Template:
                             f"{seen[mca, name]!r} and {op!r}"
                         )
                     seen[mca, name] = op
-        duplicated = {v for v in self.config_hf_to_mca.values() if list(self.config_hf_to_mca.values()).count(v) > 1}
+        duplicated = {
+            v for v in self.config_hf_to_mca.values() if list(self.config_hf_to_mca.values()).count(v) > 1
+        }
         if duplicated:
             raise ValueError(f"template {self.hf_model_type!r}: Megatron fields mapped twice: {duplicated}")
         self._layer_re = re.compile(rf"^{re.escape(self.hf_layer_prefix)}(\d+)(\..+)$")
@@ -273,7 +275,9 @@ class Template:
             num_query_groups=mca_kwargs.get("num_query_groups") or heads,
             kv_channels=mca_kwargs.get("kv_channels") or mca_kwargs["hidden_size"] // heads,
             num_layers=mca_kwargs["num_layers"],
-            tie_embeddings_and_output_weights=bool(mca_kwargs.get("tie_embeddings_and_output_weights", False)),
+            tie_embeddings_and_output_weights=bool(
+                mca_kwargs.get("tie_embeddings_and_output_weights", False)
+            ),
         )
 
     def mapper(self, mca_config: Any, to_mca: bool) -> WeightMapper:
@@ -370,7 +374,10 @@ class WeightMapper:
         del self._pending[key]
         del self._pending_names[key]
         outputs = op.convert([group[i] for i in range(len(src_names))], to_mca=self.to_mca)
-        out_names = [self._join(layer, n, mca=self.to_mca) for n in resolve_wildcards(op.names(mca=self.to_mca), captures)]
+        out_names = [
+            self._join(layer, n, mca=self.to_mca)
+            for n in resolve_wildcards(op.names(mca=self.to_mca), captures)
+        ]
         self.report.produced.update(out_names)
         return list(zip(out_names, outputs, strict=True))
 
@@ -380,7 +387,9 @@ class WeightMapper:
             for (op_index, layer, captures), group in self._pending.items():
                 op = self._ops[op_index]
                 names = resolve_wildcards(op.names(mca=not self.to_mca), captures)
-                missing += [self._join(layer, n, mca=not self.to_mca) for i, n in enumerate(names) if i not in group]
+                missing += [
+                    self._join(layer, n, mca=not self.to_mca) for i, n in enumerate(names) if i not in group
+                ]
             raise ConversionError(
                 f"incomplete checkpoint: {len(missing)} tensor(s) needed by an op are missing: "
                 f"{sorted(missing)[:10]}"
