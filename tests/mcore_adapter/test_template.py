@@ -164,3 +164,16 @@ def test_wildcards_carry_their_match_to_the_output():
     assert mapper.push("visual.blocks.0.attn.qkv.weight", t) == [("vision_model.blocks.0.attn.qkv.weight", t)]
     back = template.mapper(None, to_mca=False)
     assert back.push("vision_model.merger.mlp.0.bias", t) == [("visual.merger.mlp.0.bias", t)]
+
+
+def test_auto_class_registries_are_lazy_and_refuse_duplicates(monkeypatch):
+    from mcore_adapter.models.auto import config_auto, modeling_auto, register_model
+
+    monkeypatch.setattr(modeling_auto, "MODEL_MAPPING", {})
+    register_model("llama", "my_pkg.models:MyLlama")  # a string: nothing is imported yet
+    with pytest.raises(ValueError, match="my_pkg.models:MyLlama is already registered for 'llama'"):
+        register_model("llama", "other:Class")
+    register_model("llama", config_auto.AutoConfig, overwrite=True)
+    assert modeling_auto.MODEL_MAPPING["llama"] == "mcore_adapter.models.auto.config_auto:AutoConfig"
+    with pytest.raises(UnsupportedModelError, match="no conversion template for model_type 'nope'"):
+        modeling_auto.model_class_for("nope")

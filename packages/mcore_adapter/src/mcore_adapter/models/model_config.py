@@ -91,10 +91,8 @@ class McaModelConfig(TransformerConfig):
         """What mca_config.json keeps: the architecture fields the template defines (runtime
         choices such as dtype, initialization or recompute are not part of a checkpoint) and
         the parallel layout the weights were saved in."""
-        template = get_template(self.hf_model_type)
-        arch = template.convert_hf_to_mca_config(self.hf_config) if self.hf_config else {}
-        names = [*arch, *(n for n in _ARCH_FIELDS if n not in arch)]
-        out = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        names = dict.fromkeys([*_ARCH_FIELDS, *get_template(self.hf_model_type).mca_fields()])
+        out = {name: getattr(self, name) for name in names}
         out.update({name: getattr(self, name) for name in _PARALLEL_FIELDS})
         return out
 

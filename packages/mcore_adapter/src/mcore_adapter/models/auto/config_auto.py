@@ -21,14 +21,17 @@ def _import(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def register_class(mapping: dict[str, str], hf_model_type: str, cls: str | type, overwrite: bool) -> None:
+    """Record ``cls`` (a class, or a lazy "module:Class" string) for ``hf_model_type``."""
+    if hf_model_type in mapping and not overwrite:
+        raise ValueError(
+            f"{mapping[hf_model_type]} is already registered for {hf_model_type!r}; pass overwrite=True"
+        )
+    mapping[hf_model_type] = cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+
+
 def register_config(hf_model_type: str, config_class: str | type, overwrite: bool = False) -> None:
-    if hf_model_type in CONFIG_MAPPING and not overwrite:
-        raise ValueError(f"a config class for {hf_model_type!r} is already registered; pass overwrite=True")
-    CONFIG_MAPPING[hf_model_type] = (
-        config_class
-        if isinstance(config_class, str)
-        else (f"{config_class.__module__}:{config_class.__qualname__}")
-    )
+    register_class(CONFIG_MAPPING, hf_model_type, config_class, overwrite)
 
 
 def config_class_for(hf_model_type: str) -> type:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..converter.hf_io import HF_CONFIG_NAME, read_json
 from ..converter.mca_io import McaCheckpointMeta, is_mca_dir
-from .config_auto import _import, config_class_for
+from .config_auto import _import, config_class_for, register_class
 
 # model_type -> "module:Class"; types not listed use McaGPTModel.
 MODEL_MAPPING: dict[str, str] = {}
@@ -15,13 +15,7 @@ _DEFAULT = "mcore_adapter.models.model:McaGPTModel"
 
 
 def register_model(hf_model_type: str, model_class: str | type, overwrite: bool = False) -> None:
-    if hf_model_type in MODEL_MAPPING and not overwrite:
-        raise ValueError(f"a model class for {hf_model_type!r} is already registered; pass overwrite=True")
-    MODEL_MAPPING[hf_model_type] = (
-        model_class
-        if isinstance(model_class, str)
-        else (f"{model_class.__module__}:{model_class.__qualname__}")
-    )
+    register_class(MODEL_MAPPING, hf_model_type, model_class, overwrite)
 
 
 def model_class_for(hf_model_type: str) -> type:

@@ -78,6 +78,15 @@ class UnsupportedModelError(KeyError):
 
 _MISSING = object()
 
+# Megatron fields a template derives from HF's ``rope_parameters`` (see Template._rope_kwargs).
+ROPE_MCA_FIELDS = (
+    "rope_scaling",
+    "rope_scaling_factor",
+    "rope_scaling_low_freq_factor",
+    "rope_scaling_high_freq_factor",
+    "rope_scaling_original_max_position_embeddings",
+)
+
 
 def _get_path(config: Mapping[str, Any], path: str) -> Any:
     node: Any = config
@@ -174,17 +183,18 @@ class Template:
         if rope_type == "default":
             return {}
         if rope_type == "llama3":
-            return {
-                "rope_scaling": True,
-                "rope_scaling_factor": rope["factor"],
-                "rope_scaling_low_freq_factor": rope["low_freq_factor"],
-                "rope_scaling_high_freq_factor": rope["high_freq_factor"],
-                "rope_scaling_original_max_position_embeddings": rope["original_max_position_embeddings"],
-            }
+            values = (True, rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"])
+            values += (rope["original_max_position_embeddings"],)
+            return dict(zip(ROPE_MCA_FIELDS, values, strict=True))
         raise ConversionError(
             f"template {self.hf_model_type!r}: rope_type {rope_type!r} is not supported "
             "(supported: 'default', 'llama3')"
         )
+
+    def mca_fields(self) -> list[str]:
+        """Every Megatron config field this template can set."""
+        fields = [*self.config_hf_to_mca.values(), *ROPE_MCA_FIELDS, *self.constant_mca_config]
+        return list(dict.fromkeys(fields))
 
     def convert_mca_to_hf_config(
         self, mca_kwargs: Mapping[str, Any], hf_config: Mapping[str, Any] | None = None
