@@ -195,9 +195,9 @@ class McaGPTModel(GPTModel):
         def converted():
             for name, tensor in ckpt.tensors():
                 yield from mapper.push(name, tensor)
+            mapper.finish()  # an incomplete q/k/v or gate/up group is named before missing params
 
         self._copy_into_params(converted(), source=str(ckpt.path))
-        mapper.finish()
 
     def _copy_into_params(self, named: Any, source: str) -> None:
         targets = dict(self.canonical_tensors())

@@ -6,7 +6,7 @@ global. ``{}`` is a wildcard: every name of one op has the same number of them, 
 input wildcard matched is substituted into the outputs.
 
 Ops are pure tensor functions. The Megatron-side numbers an op needs (heads, groups, head dim)
-come from ``bind(mca_config)``, which a ``Template`` calls before converting.
+come from ``bind(mca_config)``, which a ``WeightMapper`` calls before each conversion.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ class ConverOp:
 
     def _need(self, *fields: str) -> list[int]:
         if self.mca_config is None:
-            raise RuntimeError(f"{type(self).__name__} needs the Megatron config; call Template.bind() first")
+            raise RuntimeError(
+                f"{type(self).__name__} needs the Megatron config; call op.bind(mca_config) first (WeightMapper does)"
+            )
         return [getattr(self.mca_config, field) for field in fields]
 
     def __repr__(self) -> str:

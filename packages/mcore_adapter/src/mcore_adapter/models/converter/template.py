@@ -225,11 +225,6 @@ class Template:
         return out
 
     # ------------------------------------------------------------------ weights
-    def bind(self, mca_config: Any) -> None:
-        """Give the ops the Megatron config numbers they need (heads, groups, head dim)."""
-        for op in self.weight_converters:
-            op.bind(mca_config)
-
     def active_ops(self, tied_embeddings: bool) -> list[ConverOp]:
         if not tied_embeddings:
             return list(self.weight_converters)
@@ -291,7 +286,6 @@ class Template:
         )
 
     def mapper(self, mca_config: Any, to_mca: bool) -> WeightMapper:
-        self.bind(mca_config)
         return WeightMapper(self, mca_config, to_mca)
 
 
@@ -314,6 +308,7 @@ class WeightMapper:
 
     def __init__(self, template: Template, mca_config: Any, to_mca: bool):
         self.template = template
+        self.mca_config = mca_config
         self.to_mca = to_mca
         self.tied = bool(getattr(mca_config, "tie_embeddings_and_output_weights", False))
         self.report = ConversionReport()
@@ -383,6 +378,8 @@ class WeightMapper:
             return []
         del self._pending[key]
         del self._pending_names[key]
+        # Ops are shared by every model of a template: give this op this mapper's config now.
+        op.bind(self.mca_config)
         outputs = op.convert([group[i] for i in range(len(src_names))], to_mca=self.to_mca)
         out_names = [
             self._join(layer, n, mca=self.to_mca)
