@@ -176,3 +176,7 @@ def test_mca_to_hf_from_torch_dist_through_the_cli(megatron, tiny_checkpoint, tm
     assert main(["convert", str(path), str(tmp_path / "mca"), "--format", "torch_dist"]) == 0
     assert main(["convert", str(tmp_path / "mca"), str(tmp_path / "hf")]) == 0
     assert compare_hf_dirs(path, tmp_path / "hf") == []
+    assert main(["convert", str(tmp_path / "mca"), str(tmp_path / "hf16"), "--dtype", "bf16"]) == 0
+    from mcore_adapter.models.converter.hf_io import HFCheckpoint
+
+    assert {t.dtype for _, t in HFCheckpoint(tmp_path / "hf16").tensors()} == {torch.bfloat16}

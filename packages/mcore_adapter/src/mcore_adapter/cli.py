@@ -21,33 +21,29 @@ USER_ERRORS = (OutputExistsError, CheckpointError, ConversionError, UnsupportedM
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf, parse_dtype
+    from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf, dtype_name, parse_dtype
     from .models.converter.mca_io import McaCheckpointMeta
 
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_dir():
         raise CheckpointError(f"{src} is not a directory")
-    if is_mca_dir(src):
-        if McaCheckpointMeta.load(src).checkpoint_format == "torch_dist":
-            model = _load_model(src, parse_dtype(args.dtype))
-            model.save_pretrained_as_hf(dst, force=args.force)
+    to_hf = is_mca_dir(src)
+    fmt = McaCheckpointMeta.load(src).checkpoint_format if to_hf else args.format
+    if fmt == "torch":
+        convert = convert_mca_to_hf if to_hf else convert_hf_to_mca
+        convert(src, dst, dtype=args.dtype, force=args.force)
+    else:  # torch_dist is megatron-core's dist_checkpointing: read and written by a built model
+        from . import AutoModel
+
+        dtype = parse_dtype(args.dtype)
+        if to_hf:
+            overrides = {"hf_weight_dtype": dtype_name(dtype)} if dtype else {}
+            AutoModel.from_pretrained(src, **overrides).save_pretrained_as_hf(dst, force=args.force)
         else:
-            convert_mca_to_hf(src, dst, dtype=args.dtype, force=args.force)
-        print(f"MCA -> HF: {src} -> {dst}")
-        return 0
-    if args.format == "torch_dist":
-        model = _load_model(src, parse_dtype(args.dtype))
-        model.save_pretrained(dst, force=args.force)
-    else:
-        convert_hf_to_mca(src, dst, dtype=args.dtype, force=args.force)
-    print(f"HF -> MCA ({args.format}): {src} -> {dst}")
+            overrides = {"dtype": dtype} if dtype else {}
+            AutoModel.from_pretrained(src, **overrides).save_pretrained(dst, force=args.force)
+    print(f"{'MCA -> HF' if to_hf else f'HF -> MCA ({fmt})'}: {src} -> {dst}")
     return 0
-
-
-def _load_model(path: Path, dtype=None):
-    from . import AutoModel
-
-    return AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
 
 
 def compare_with_hf(hf_dir: Path, batch_size: int = 2, seq_len: int = 16, seed: int = 0) -> float:

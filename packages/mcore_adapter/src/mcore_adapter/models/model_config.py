@@ -75,7 +75,8 @@ class McaModelConfig(TransformerConfig):
     @classmethod
     def from_mca_meta(cls, meta: McaCheckpointMeta, **overrides: Any) -> McaModelConfig:
         kwargs = {k: v for k, v in meta.mca_config.items() if k not in _PARALLEL_FIELDS}
-        return cls(**{**kwargs, **overrides}, hf_config=meta.hf_config, hf_weight_dtype=meta.hf_weight_dtype)
+        kwargs.update(hf_config=meta.hf_config, hf_weight_dtype=meta.hf_weight_dtype)
+        return cls(**{**kwargs, **overrides})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> McaModelConfig:
