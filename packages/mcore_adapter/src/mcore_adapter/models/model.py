@@ -28,7 +28,7 @@ from .. import platform
 from ..parallel import initialize_model_parallel, is_rank_zero
 from .converter.atomic import check_output_dir, staged_output_dir
 from .converter.hf_io import HF_CONFIG_NAME, HFCheckpoint, SafetensorsWriter, write_json
-from .converter.mca_io import McaCheckpointMeta, iteration_dir, load_torch_rank, torch_rank_file
+from .converter.mca_io import McaCheckpointMeta, is_mca_dir, iteration_dir, load_torch_rank, torch_rank_file
 from .converter.template import ConversionError, get_template
 from .model_config import McaModelConfig
 
@@ -163,8 +163,6 @@ class McaGPTModel(GPTModel):
         return model
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        from .converter.mca_io import is_mca_dir
-
         if not is_mca_dir(path):
             self._load_hf(HFCheckpoint(path))
             return

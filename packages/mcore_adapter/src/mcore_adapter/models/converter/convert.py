@@ -7,6 +7,7 @@ the ``torch_dist`` format needs Megatron; the CLI sends those through ``AutoMode
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,14 +16,40 @@ from tqdm import tqdm
 from .atomic import staged_output_dir
 from .hf_io import (
     HF_CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
     CheckpointError,
     HFCheckpoint,
     SafetensorsWriter,
-    copy_side_files,
     write_json,
 )
-from .mca_io import McaCheckpointMeta, load_torch_rank, save_torch_rank, torch_rank_file
+from .mca_io import (
+    MCA_CONFIG_NAME,
+    TRACKER_NAME,
+    McaCheckpointMeta,
+    load_torch_rank,
+    save_torch_rank,
+    torch_rank_file,
+)
 from .template import ConversionError, ConversionReport, Template, get_template
+
+# Files a conversion writes itself; every other top-level non-weight file travels along.
+_WRITTEN_BY_CONVERSION = {HF_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, MCA_CONFIG_NAME, TRACKER_NAME}
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".tmp"}
+
+
+def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copy the files that travel with a model but are not weights or its config (tokenizer,
+    generation config, chat template...), so a conversion round trip keeps them."""
+    copied = []
+    for item in sorted(Path(src).iterdir()):
+        if not item.is_file() or item.name.startswith(".") or item.name in _WRITTEN_BY_CONVERSION:
+            continue
+        if item.suffix in _WEIGHT_SUFFIXES or item.name.endswith(".index.json"):
+            continue
+        shutil.copy2(item, Path(dst) / item.name)
+        copied.append(item.name)
+    return copied
+
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -50,32 +50,6 @@ def owns_storage(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
-    """Copy the files that travel with a model but are not weights or its config (tokenizer,
-    generation config, chat template...), so a conversion round trip keeps them."""
-    import shutil
-
-    copied = []
-    for item in sorted(Path(src).iterdir()):
-        if not item.is_file() or item.name in _NOT_SIDE_FILES or item.suffix in _WEIGHT_SUFFIXES:
-            continue
-        if item.name.startswith(".") or item.name.endswith(".tmp"):
-            continue
-        shutil.copy2(item, Path(dst) / item.name)
-        copied.append(item.name)
-    return copied
-
-
-_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
-_NOT_SIDE_FILES = {
-    HF_CONFIG_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    "pytorch_model.bin.index.json",
-    "mca_config.json",
-    "latest_checkpointed_iteration.txt",
-}
-
-
 class HFCheckpoint:
     """An HF model directory, read lazily: tensors are loaded one at a time, file by file."""
 

@@ -12,7 +12,7 @@ come from ``bind(mca_config)``, which a ``WeightMapper`` calls before each conve
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -273,7 +273,3 @@ class DropConverOp(ConverOp):
 def resolve_wildcards(names: Sequence[str], captures: tuple[str, ...]) -> list[str]:
     """Fill ``{}`` placeholders of ``names`` with the values an input name matched."""
     return [name.format(*captures) if captures else name for name in names]
-
-
-def describe(mapping: Mapping[str, Any]) -> str:
-    return ", ".join(sorted(mapping)) or "nothing"

@@ -313,7 +313,6 @@ class WeightMapper:
         self.tied = bool(getattr(mca_config, "tie_embeddings_and_output_weights", False))
         self.report = ConversionReport()
         self._pending: dict[tuple[int, int | None, tuple[str, ...]], dict[int, torch.Tensor]] = {}
-        self._pending_names: dict[tuple[int, int | None, tuple[str, ...]], list[str]] = {}
         self._ops = template.active_ops(self.tied)
         self._exact: dict[tuple[bool, str], tuple[int, int]] = {}
         self._wild: list[tuple[bool, re.Pattern[str], int, int]] = []
@@ -372,12 +371,10 @@ class WeightMapper:
         if slot in group:
             raise ConversionError(f"tensor {name!r} was given twice")
         group[slot] = tensor
-        self._pending_names.setdefault(key, []).append(name)
         src_names = op.names(mca=not self.to_mca)
         if len(group) < len(src_names):
             return []
         del self._pending[key]
-        del self._pending_names[key]
         # Ops are shared by every model of a template: give this op this mapper's config now.
         op.bind(self.mca_config)
         outputs = op.convert([group[i] for i in range(len(src_names))], to_mca=self.to_mca)
