@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from mcore_adapter.cli import main
 from mcore_adapter.models.converter.atomic import OutputExistsError
 from mcore_adapter.models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
-from mcore_adapter.models.converter.hf_io import CheckpointError, HFCheckpoint, SafetensorsWriter
+from mcore_adapter.models.converter.hf_io import CheckpointError, HFCheckpoint, save_safetensors
 from mcore_adapter.models.converter.mca_io import McaCheckpointMeta, load_torch_rank, torch_rank_file
 from mcore_adapter.models.converter.template import ConversionError, registered_model_types
 from mcore_adapter.testing.compare import compare_hf_dirs
@@ -43,10 +43,7 @@ def test_dtype_is_kept_and_can_be_changed(tiny_checkpoint, tmp_path):
 
 def test_sharded_hf_output_has_an_index(tiny_checkpoint, tmp_path):
     src = HFCheckpoint(tiny_checkpoint("llama"))
-    writer = SafetensorsWriter(tmp_path, max_shard_bytes=64 * 1024)
-    for name, tensor in src.tensors():
-        writer.add(name, tensor)
-    writer.close()
+    save_safetensors(tmp_path, dict(src.tensors()), max_shard_bytes=64 * 1024)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     assert sorted(index["weight_map"]) == sorted(src.keys())

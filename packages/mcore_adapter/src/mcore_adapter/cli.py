@@ -20,30 +20,74 @@ from .models.converter.template import ConversionError, UnsupportedModelError
 USER_ERRORS = (OutputExistsError, CheckpointError, ConversionError, UnsupportedModelError, FileNotFoundError)
 
 
+def _layout(args: argparse.Namespace):
+    from .models.converter.layout import ParallelLayout
+
+    return ParallelLayout(
+        tp=args.tp or 1,
+        pp=args.pp or 1,
+        vpp=args.vpp,
+        num_layers_in_first_pipeline_stage=args.num_layers_in_first_pipeline_stage,
+        num_layers_in_last_pipeline_stage=args.num_layers_in_last_pipeline_stage,
+    )
+
+
+def _layout_given(args: argparse.Namespace) -> bool:
+    flags = (
+        args.tp,
+        args.pp,
+        args.vpp,
+        args.num_layers_in_first_pipeline_stage,
+        args.num_layers_in_last_pipeline_stage,
+    )
+    return any(flag is not None for flag in flags)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf, dtype_name, parse_dtype
+    """HF -> MCA, MCA -> HF, or MCA -> MCA (an MCA source with a layout or --format given)."""
+    from .models.converter import convert
     from .models.converter.mca_io import McaCheckpointMeta
 
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_dir():
         raise CheckpointError(f"{src} is not a directory")
-    to_hf = is_mca_dir(src)
-    fmt = McaCheckpointMeta.load(src).checkpoint_format if to_hf else args.format
-    if fmt == "torch":
-        convert = convert_mca_to_hf if to_hf else convert_hf_to_mca
-        convert(src, dst, dtype=args.dtype, force=args.force)
-    else:  # torch_dist is megatron-core's dist_checkpointing: read and written by a built model
-        from . import AutoModel
-
-        dtype = parse_dtype(args.dtype)
-        if to_hf:
-            overrides = {"hf_weight_dtype": dtype_name(dtype)} if dtype else {}
-            AutoModel.from_pretrained(src, **overrides).save_pretrained_as_hf(dst, force=args.force)
+    layout = _layout(args)
+    src_format = McaCheckpointMeta.load(src).checkpoint_format if is_mca_dir(src) else "hf"
+    to_mca = src_format == "hf" or _layout_given(args) or args.format is not None
+    out_format = (args.format or "torch") if to_mca else "hf"
+    kw = {"dtype": args.dtype, "force": args.force}
+    if src_format != "torch_dist" and out_format != "torch_dist":  # offline, torch + safetensors only
+        if out_format == "hf":
+            convert.convert_mca_to_hf(src, dst, **kw)
+        elif src_format == "hf":
+            convert.convert_hf_to_mca(src, dst, layout, **kw)
         else:
-            overrides = {"dtype": dtype} if dtype else {}
-            AutoModel.from_pretrained(src, **overrides).save_pretrained(dst, force=args.force)
-    print(f"{'MCA -> HF' if to_hf else f'HF -> MCA ({fmt})'}: {src} -> {dst}")
+            convert.reshard_mca(src, dst, layout, **kw)
+    else:  # torch_dist is megatron-core's dist_checkpointing: read and written by a built model
+        _convert_through_model(src, dst, out_format, layout, args)
+    print(
+        f"{src_format} -> {out_format}{f' ({layout.describe()})' if out_format == 'torch' else ''}: {src} -> {dst}"
+    )
     return 0
+
+
+def _convert_through_model(src: Path, dst: Path, out_format: str, layout, args: argparse.Namespace) -> None:
+    """Conversions from or to ``torch_dist``, in one process: the model is built whole
+    (world size 1) and written in the requested form. ``torch_dist`` itself is layout-free."""
+    from . import AutoModel
+    from .models.converter.convert import dtype_name, parse_dtype, save_mca_torch
+    from .models.model_io import ModelSource
+
+    dtype = parse_dtype(args.dtype)
+    if out_format == "hf":
+        overrides = {"hf_weight_dtype": dtype_name(dtype)} if dtype else {}
+        AutoModel.from_pretrained(src, **overrides).save_pretrained_as_hf(dst, force=args.force)
+        return
+    model = AutoModel.from_pretrained(src, **({"dtype": dtype} if dtype else {}))
+    if out_format == "torch_dist":
+        model.save_pretrained(dst, force=args.force)
+    else:
+        save_mca_torch(ModelSource([model]), dst, layout, dtype, args.force, side_files_from=src)
 
 
 def compare_with_hf(hf_dir: Path, batch_size: int = 2, seq_len: int = 16, seed: int = 0) -> float:
@@ -96,11 +140,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0 if not problems and diff <= args.tol else 1
 
 
+def _add_layout_args(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group("parallel layout", what)
+    group.add_argument("--tp", type=int, default=None, help="tensor-parallel size")
+    group.add_argument("--pp", type=int, default=None, help="pipeline-parallel size")
+    group.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per pipeline rank")
+    group.add_argument("--num-layers-in-first-pipeline-stage", type=int, default=None)
+    group.add_argument("--num-layers-in-last-pipeline-stage", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcore-adapter", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    convert = sub.add_parser("convert", help="HF <-> MCA (direction from SRC: MCA dirs hold mca_config.json)")
+    convert = sub.add_parser(
+        "convert",
+        help="HF -> MCA, MCA -> HF, MCA -> MCA (an MCA dir holds mca_config.json; with an MCA "
+        "source, layout flags or --format ask for MCA output)",
+    )
     convert.add_argument("src")
     convert.add_argument("dst")
     convert.add_argument(
@@ -112,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--format",
         choices=["torch", "torch_dist"],
-        default="torch",
-        help="MCA weight format when writing MCA (default: torch)",
+        default=None,
+        help="MCA weight format to write (default: torch); with an MCA source it asks for MCA output",
     )
+    _add_layout_args(convert, "layout of the MCA output (with an MCA source: reshard to it)")
     convert.add_argument("--force", action="store_true", help="replace DST if it exists")
     convert.set_defaults(func=cmd_convert)
 

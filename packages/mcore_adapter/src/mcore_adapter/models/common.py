@@ -15,7 +15,7 @@ DENSE_CONFIG_HF_TO_MCA: dict[str, str] = {
     "intermediate_size": "ffn_hidden_size",
     "rms_norm_eps": "layernorm_epsilon",
     "max_position_embeddings": "max_sequence_length",
-    "vocab_size": "padded_vocab_size",
+    "vocab_size": "vocab_size",
     "tie_word_embeddings": "tie_embeddings_and_output_weights",
     "attention_dropout": "attention_dropout",
     "rope_parameters.rope_theta": "rotary_base",

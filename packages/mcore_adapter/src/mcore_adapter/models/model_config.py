@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from .converter.layout import DEFAULT_VOCAB_DIVISOR, LAYOUT_FIELDS, padded_vocab_size
 from .converter.mca_io import McaCheckpointMeta
 from .converter.template import get_template
 
@@ -23,20 +24,19 @@ _ARCH_FIELDS = (
     "num_query_groups",
     "kv_channels",
     "ffn_hidden_size",
+    "vocab_size",
     "padded_vocab_size",
+    "make_vocab_size_divisible_by",
 )
-_PARALLEL_FIELDS = (
-    "tensor_model_parallel_size",
-    "pipeline_model_parallel_size",
-    "virtual_pipeline_model_parallel_size",
-    "expert_model_parallel_size",
-    "sequence_parallel",
-)
+_PARALLEL_FIELDS = (*LAYOUT_FIELDS, "expert_model_parallel_size", "sequence_parallel")
 
 
 @dataclass
 class McaModelConfig(TransformerConfig):
     hf_model_type: str | None = None
+    vocab_size: int | None = None
+    # Megatron-LM pads the vocab to a multiple of this x tp (see layout.padded_vocab_size).
+    make_vocab_size_divisible_by: int = DEFAULT_VOCAB_DIVISOR
     padded_vocab_size: int | None = None
     max_sequence_length: int = 4096
     position_embedding_type: str = "rope"
@@ -61,6 +61,11 @@ class McaModelConfig(TransformerConfig):
             self.activation_func = F.silu
         if self.sliding_window is not None:
             self.window_size = (self.sliding_window - 1, 0)
+        if self.vocab_size is None:
+            self.vocab_size = self.padded_vocab_size
+        tp = self.tensor_model_parallel_size
+        if self.padded_vocab_size is None or self.padded_vocab_size % tp:
+            self.padded_vocab_size = padded_vocab_size(self.vocab_size, tp, self.make_vocab_size_divisible_by)
         if self.pipeline_model_parallel_size > 1 and self.pipeline_dtype is None:
             self.pipeline_dtype = self.params_dtype
         super().__post_init__()

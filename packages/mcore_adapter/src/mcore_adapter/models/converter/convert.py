@@ -1,19 +1,34 @@
-"""Offline HF <-> MCA conversion in one process, with torch and safetensors only.
+"""Offline conversion in one process, with torch and safetensors only: HF -> MCA at any
+parallel layout, MCA -> HF, and MCA -> MCA resharding, streamed weight by weight.
 
-No megatron.core import: the ``torch`` per-rank format is written and read directly. (Reading
-the ``torch_dist`` format needs Megatron; the CLI sends those through ``AutoModel``.)
+A conversion joins a *source* of canonical weights (whole tensors under their global Megatron
+names) to a *sink*:
+
+- sources: an HF checkpoint, through its template's ops; an MCA checkpoint in the per-rank
+  ``torch`` format, each weight merged from its tensor-parallel slices;
+- sinks: the ``torch`` rank files of a layout, each weight split and written in place; or
+  safetensors shards, through the template's inverse ops.
+
+Every conversion first runs dry on meta tensors (shapes and dtypes from the file headers):
+that checks the whole checkpoint and the layout and plans every output file before a byte is
+written. The real pass then holds one weight group at a time (e.g. q/k/v and their fused
+result), never a rank's or the model's state dict. No megatron.core import: reading or
+writing ``torch_dist`` needs a built model and goes through ``AutoModel`` (see the CLI).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from .atomic import staged_output_dir
+from .dist_converter import DistConverter
 from .hf_io import (
     HF_CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -22,12 +37,14 @@ from .hf_io import (
     SafetensorsWriter,
     write_json,
 )
+from .layout import ParallelLayout
 from .mca_io import (
     MCA_CONFIG_NAME,
     TRACKER_NAME,
     McaCheckpointMeta,
-    load_torch_rank,
-    save_torch_rank,
+    TorchRankReader,
+    TorchRankWriter,
+    chunk_key,
     torch_rank_file,
 )
 from .template import ConversionError, ConversionReport, Template, get_template
@@ -35,6 +52,8 @@ from .template import ConversionError, ConversionReport, Template, get_template
 # Files a conversion writes itself; every other top-level non-weight file travels along.
 _WRITTEN_BY_CONVERSION = {HF_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, MCA_CONFIG_NAME, TRACKER_NAME}
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".tmp"}
+
+Weights = Iterator[tuple[str, torch.Tensor]]
 
 
 def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
@@ -67,49 +86,231 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}") from None
 
 
-def check_complete(template: Template, op_config, report: ConversionReport) -> None:
+def check_complete(template: Template, op_config, produced: set[str]) -> None:
     expected = template.expected_mca_names(op_config.num_layers, op_config.tie_embeddings_and_output_weights)
-    missing = expected - report.produced
+    missing = expected - produced
     if missing:
         raise ConversionError(
-            f"the HF checkpoint lacks the tensors for {len(missing)} Megatron parameter(s), "
-            f"e.g. {sorted(missing)[:5]}; the checkpoint is incomplete or does not match its config"
+            f"the checkpoint lacks the tensors for {len(missing)} Megatron parameter(s), "
+            f"e.g. {sorted(missing)[:5]}; it is incomplete or does not match its config"
         )
+
+
+# ---------------------------------------------------------------------- sources
+class HFSource:
+    """Canonical weights from an HF checkpoint, through its template's ops."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.ckpt = HFCheckpoint(path)
+        self.template = get_template(self.ckpt.config.get("model_type"))
+        self.mca_kwargs = self.template.convert_hf_to_mca_config(self.ckpt.config)
+        self.hf_config: dict[str, Any] | None = self.ckpt.config
+        self.hf_weight_dtype = dtype_name(self.ckpt.dtype())
+        self.op_config = self.template.op_config(self.mca_kwargs)
+        self.report = ConversionReport()
+
+    def weights(self, meta: bool = False, advance: Callable[[int], Any] | None = None) -> Weights:
+        mapper = self.template.mapper(self.op_config, to_mca=True)
+        for name, tensor in self.ckpt.tensors(meta=meta):
+            yield from mapper.push(name, tensor)
+            if advance:
+                advance(tensor.numel() * tensor.element_size())
+        self.report = mapper.finish()
+        check_complete(self.template, self.op_config, self.report.produced)
+
+
+class McaTorchSource:
+    """Canonical weights from an MCA checkpoint in ``torch`` format (any layout)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta = McaCheckpointMeta.load(path)
+        if meta.checkpoint_format != "torch":
+            raise CheckpointError(
+                f"{path} is in {meta.checkpoint_format!r} format, which only a built model reads; "
+                "use AutoModel.from_pretrained (the CLI does) to convert it"
+            )
+        self.template = get_template(meta.hf_model_type)
+        self.mca_kwargs = meta.mca_config
+        self.hf_config = meta.hf_config
+        self.hf_weight_dtype = meta.hf_weight_dtype
+        self.op_config = self.template.op_config(self.mca_kwargs)
+        self.dist = DistConverter(self.mca_kwargs, meta.layout)
+        layout = self.dist.layout
+        self.readers = {
+            (tp, pp): TorchRankReader(torch_rank_file(path, tp, pp, layout.pp)) for tp, pp in layout.ranks()
+        }
+        for (_tp, pp), reader in self.readers.items():
+            keys = sorted(chunk_key(c.vp_stage) for c in layout.chunks_of(pp))
+            if sorted(reader.chunks) != keys:
+                raise CheckpointError(
+                    f"{reader.file} holds {sorted(reader.chunks)}, layout {layout.describe()} in "
+                    f"{MCA_CONFIG_NAME} expects {keys}; the file and the config do not match"
+                )
+            names = set(reader.chunks[keys[0]]) if keys else set()
+            first = set(self.readers[0, pp].chunks[keys[0]]) if keys else set()
+            if names != first:
+                raise CheckpointError(
+                    f"{reader.file} and {self.readers[0, pp].file} hold different weights: "
+                    f"{sorted(names ^ first)[:5]}"
+                )
+
+    def weights(self, meta: bool = False, advance: Callable[[int], Any] | None = None) -> Weights:
+        produced: set[str] = set()
+        tp = self.dist.layout.tp
+        for chunk in self.dist.layout.chunks:
+            key = chunk_key(chunk.vp_stage)
+            readers = [self.readers[r, chunk.pp_rank] for r in range(tp)]
+            for local in readers[0].chunks[key]:
+                name = self.dist.canonical_name(chunk, local)
+                if local.endswith("_extra_state") or name is None:
+                    continue
+                parts = [r.chunks[key][local] if meta else r.read(key, local) for r in readers]
+                merged = self.dist.merge(name, parts)
+                produced.add(name)
+                yield name, merged
+                if advance:
+                    advance(sum(p.numel() * p.element_size() for p in parts))
+        check_complete(self.template, self.op_config, produced)
+
+
+Source = HFSource | McaTorchSource
+
+
+def open_source(path: str | os.PathLike) -> Source:
+    from .mca_io import is_mca_dir
+
+    return McaTorchSource(path) if is_mca_dir(path) else HFSource(path)
+
+
+# ---------------------------------------------------------------------- sinks
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+def write_mca_torch(
+    tmp: Path, source: Source, layout: ParallelLayout, dtype: torch.dtype | None, progress: bool, desc: str
+) -> dict[str, Any]:
+    """Write ``source`` as the ``torch`` rank files of ``layout`` into ``tmp``; returns the
+    mca_config kwargs of the result."""
+    kwargs = {**source.mca_kwargs, **layout.to_kwargs(), "padded_vocab_size": None}  # padding follows tp
+    dist = DistConverter(kwargs, layout)
+    layout = dist.layout
+    kwargs.update(vocab_size=dist.vocab_size, padded_vocab_size=dist.padded_vocab_size)
+
+    specs: dict[tuple[int, int], dict[str, dict[str, tuple[torch.Size, torch.dtype]]]] = {
+        (tp, pp): {chunk_key(c.vp_stage): {} for c in layout.chunks_of(pp)} for tp, pp in layout.ranks()
+    }
+    total = 0
+    for name, tensor in source.weights(meta=True):  # dry run: checks everything, plans the files
+        tensor = _cast(tensor, dtype)
+        for chunk, local in dist.placements(name):
+            for tp_rank, part in enumerate(dist.split(name, tensor)):
+                specs[tp_rank, chunk.pp_rank][chunk_key(chunk.vp_stage)][local] = (part.shape, part.dtype)
+        total += tensor.numel() * tensor.element_size()
+
+    writers = {
+        (tp, pp): TorchRankWriter(torch_rank_file(tmp, tp, pp, layout.pp), spec)
+        for (tp, pp), spec in specs.items()
+    }
+    with _progress(total, desc, progress) as bar:
+        for name, tensor in source.weights():
+            tensor = _cast(tensor, dtype)
+            for chunk, local in dist.placements(name):
+                for tp_rank, part in enumerate(dist.split(name, tensor)):
+                    writers[tp_rank, chunk.pp_rank].write(chunk_key(chunk.vp_stage), local, part)
+            bar.update(tensor.numel() * tensor.element_size())
+    for writer in writers.values():
+        writer.close()
+    return kwargs
+
+
+def write_hf(
+    tmp: Path,
+    template: Template,
+    mca_kwargs: dict[str, Any],
+    weights: Callable[[bool], Weights],
+    dtype: torch.dtype,
+    progress: bool = False,
+    max_shard_bytes: int | None = None,
+) -> ConversionReport:
+    """Write canonical weights (``weights(meta)`` gives them, twice) as HF safetensors."""
+    op_config = template.op_config(mca_kwargs)
+    plan: dict[str, tuple[torch.Size, torch.dtype]] = {}
+    mapper = template.mapper(op_config, to_mca=False)
+    for name, tensor in weights(True):
+        for hf_name, hf_tensor in mapper.push(name, tensor):
+            plan[hf_name] = (hf_tensor.shape, dtype)
+    mapper.finish()
+    extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
+    writer = SafetensorsWriter(tmp, plan, **extra)
+    mapper = template.mapper(op_config, to_mca=False)
+    with _progress(writer.total_bytes, "MCA -> HF", progress) as bar:
+        for name, tensor in weights(False):
+            for hf_name, hf_tensor in mapper.push(name, tensor):
+                writer.write(hf_name, _cast(hf_tensor, dtype))
+                bar.update(hf_tensor.numel() * dtype.itemsize)
+    report = mapper.finish()
+    writer.close()
+    return report
+
+
+# ---------------------------------------------------------------------- entry points
+def save_mca_torch(
+    source: Source,
+    dst: str | os.PathLike,
+    layout: ParallelLayout | None = None,
+    dtype: str | torch.dtype | None = None,
+    force: bool = False,
+    progress: bool = True,
+    side_files_from: str | os.PathLike | None = None,
+    desc: str = "-> MCA",
+) -> None:
+    """Write any source as an MCA directory in ``torch`` format, all ranks of ``layout``."""
+    with staged_output_dir(dst, force) as tmp:
+        kwargs = write_mca_torch(tmp, source, layout or ParallelLayout(), parse_dtype(dtype), progress, desc)
+        McaCheckpointMeta(
+            hf_model_type=source.template.hf_model_type,
+            mca_config=kwargs,
+            hf_config=source.hf_config,
+            checkpoint_format="torch",
+            hf_weight_dtype=source.hf_weight_dtype,
+        ).save(tmp)
+        if side_files_from is not None:
+            copy_side_files(side_files_from, tmp)
 
 
 def convert_hf_to_mca(
     src: str | os.PathLike,
     dst: str | os.PathLike,
+    layout: ParallelLayout | None = None,
     dtype: str | torch.dtype | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert an HF directory to an MCA directory (``torch`` format, one rank)."""
-    ckpt = HFCheckpoint(src)
-    template = get_template(ckpt.config.get("model_type"))
-    mca_kwargs = template.convert_hf_to_mca_config(ckpt.config)
-    op_config = template.op_config(mca_kwargs)
-    mapper = template.mapper(op_config, to_mca=True)
-    out_dtype = parse_dtype(dtype)
-    state_dict: dict[str, torch.Tensor] = {}
-    names = ckpt.keys()
-    for name, tensor in tqdm(ckpt.tensors(names), total=len(names), desc="HF -> MCA", disable=not progress):
-        for mca_name, mca_tensor in mapper.push(name, tensor):
-            state_dict[mca_name] = mca_tensor if out_dtype is None else mca_tensor.to(out_dtype)
-    report = mapper.finish()
-    check_complete(template, op_config, report)
-    meta = McaCheckpointMeta(
-        hf_model_type=template.hf_model_type,
-        mca_config=mca_kwargs,
-        hf_config=ckpt.config,
-        checkpoint_format="torch",
-        hf_weight_dtype=dtype_name(ckpt.dtype()),
+    """Convert an HF directory to an MCA directory in ``torch`` format, all ranks of ``layout``."""
+    source = HFSource(src)
+    save_mca_torch(source, dst, layout, dtype, force, progress, side_files_from=src, desc="HF -> MCA")
+    return source.report
+
+
+def reshard_mca(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    layout: ParallelLayout,
+    dtype: str | torch.dtype | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> None:
+    """Rewrite an MCA ``torch`` checkpoint for another layout, without going through HF."""
+    save_mca_torch(
+        McaTorchSource(src), dst, layout, dtype, force, progress, side_files_from=src, desc="MCA -> MCA"
     )
-    with staged_output_dir(dst, force) as tmp:
-        save_torch_rank(torch_rank_file(tmp), state_dict)
-        meta.save(tmp)
-        copy_side_files(src, tmp)
-    return report
 
 
 def convert_mca_to_hf(
@@ -118,26 +319,22 @@ def convert_mca_to_hf(
     dtype: str | torch.dtype | None = None,
     force: bool = False,
     progress: bool = True,
+    max_shard_bytes: int | None = None,
 ) -> ConversionReport:
-    """Convert an MCA directory in ``torch`` format (one rank) to an HF directory."""
-    meta = McaCheckpointMeta.load(src)
-    if meta.checkpoint_format != "torch":
-        raise CheckpointError(f"{src} is in {meta.checkpoint_format!r} format; read it with AutoModel")
-    if (meta.tp, meta.pp) != (1, 1):
-        raise CheckpointError(f"{src} is sharded tp={meta.tp} pp={meta.pp}; offline conversion reads tp=pp=1")
-    template = get_template(meta.hf_model_type)
-    op_config = template.op_config(meta.mca_config)
-    mapper = template.mapper(op_config, to_mca=False)
-    out_dtype = parse_dtype(dtype) or getattr(torch, meta.hf_weight_dtype)
-    state_dict = load_torch_rank(torch_rank_file(src))
-    hf_config = template.convert_mca_to_hf_config(meta.mca_config, meta.hf_config)
+    """Convert an MCA directory in ``torch`` format (any layout) to an HF directory."""
+    source = McaTorchSource(src)
+    out_dtype = parse_dtype(dtype) or getattr(torch, source.hf_weight_dtype)
+    hf_config = source.template.convert_mca_to_hf_config(source.mca_kwargs, source.hf_config)
     with staged_output_dir(dst, force) as tmp:
-        writer = SafetensorsWriter(tmp)
-        for name, tensor in tqdm(state_dict.items(), desc="MCA -> HF", disable=not progress):
-            for hf_name, hf_tensor in mapper.push(name, tensor):
-                writer.add(hf_name, hf_tensor.to(out_dtype))
-        report = mapper.finish()
-        writer.close()
-        write_json(Path(tmp) / HF_CONFIG_NAME, hf_config)
+        report = write_hf(
+            tmp,
+            source.template,
+            source.mca_kwargs,
+            lambda meta: source.weights(meta=meta),
+            out_dtype,
+            progress,
+            max_shard_bytes,
+        )
+        write_json(tmp / HF_CONFIG_NAME, hf_config)
         copy_side_files(src, tmp)
     return report

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 HF_CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -92,8 +93,14 @@ class HFCheckpoint:
     def keys(self) -> list[str]:
         return list(self.weight_map)
 
-    def tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(name, tensor)`` for ``names`` (default all), opening each shard once."""
+    def tensors(
+        self, names: Iterable[str] | None = None, meta: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` for ``names`` (default all), opening each shard once.
+
+        With ``meta=True`` the tensors are meta tensors of the stored shape and dtype, read from
+        the shard headers only: a dry run that checks and plans a conversion without its I/O.
+        """
         wanted = self.keys() if names is None else list(names)
         by_file: dict[str, list[str]] = {}
         for name in wanted:
@@ -110,9 +117,17 @@ class HFCheckpoint:
                             "the checkpoint is incomplete"
                         )
                     try:
+                        if meta:
+                            info = f.get_slice(name)
+                            dtype = _SAFETENSORS_DTYPES[info.get_dtype()]
+                            yield name, torch.empty(info.get_shape(), dtype=dtype, device="meta")
+                            continue
                         yield name, f.get_tensor(name)
                     except Exception as e:
                         raise CheckpointError(f"cannot read {name!r} from {self.path / filename}: {e}") from e
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, t in self.tensors(meta=True))
 
     def dtype(self) -> torch.dtype:
         """The dtype of the checkpoint's weights (read from the first tensor's header)."""
@@ -127,55 +142,116 @@ _SAFETENSORS_DTYPES = {
     "F32": torch.float32,
     "BF16": torch.bfloat16,
     "F16": torch.float16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
+_DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+
+
 class SafetensorsWriter:
-    """Writes tensors as they come into safetensors shards of at most ``max_shard_bytes``,
-    then names them and writes the index as transformers does (``model.safetensors`` when one
-    shard suffices)."""
+    """Writes planned safetensors shards tensor by tensor, holding none of them, and names
+    them and writes the index as transformers does (``model.safetensors`` when one shard
+    suffices, else ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``).
 
-    def __init__(self, path: str | os.PathLike, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+    safetensors' own ``save_file`` needs every tensor of a shard in memory at once; a
+    converter that streams weights cannot afford that. The format is a length-prefixed JSON
+    header of names, dtypes, shapes and byte ranges followed by the raw bytes, so once all
+    shapes are known (a conversion's dry run gives them) each shard's header is written first
+    and each tensor's bytes go to their place when the tensor is ready. The files are read
+    back by safetensors itself in the tests.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        plan: Mapping[str, tuple[Sequence[int], torch.dtype]],
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    ):
         self.path = Path(path)
-        self.max_shard_bytes = max_shard_bytes
-        self._buffer: dict[str, torch.Tensor] = {}
-        self._buffer_bytes = 0
-        self._shards: list[list[str]] = []
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._buffer or any(name in shard for shard in self._shards):
-            raise ValueError(f"tensor {name!r} written twice")
-        nbytes = tensor.numel() * tensor.element_size()
-        if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
-            self._flush()
-        self._buffer[name] = owns_storage(tensor)
-        self._buffer_bytes += nbytes
-        self.total_bytes += nbytes
-
-    def _shard_tmp_name(self, index: int) -> str:
-        return f"model-shard-{index:05d}.safetensors.tmp"
-
-    def _flush(self) -> None:
-        save_file(
-            self._buffer, self.path / self._shard_tmp_name(len(self._shards)), metadata={"format": "pt"}
+        shards: list[dict[str, tuple[Sequence[int], torch.dtype]]] = [{}]
+        size = 0
+        for name, (shape, dtype) in plan.items():
+            nbytes = math.prod(shape) * dtype.itemsize
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = (tuple(shape), dtype)
+            size += nbytes
+        n = len(shards)
+        names = (
+            [SAFE_WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         )
-        self._shards.append(list(self._buffer))
-        self._buffer, self._buffer_bytes = {}, 0
+        self.total_bytes = 0
+        self._slots: dict[str, tuple[int, int, tuple[int, ...], torch.dtype]] = {}
+        self._fds: list[int] = []
+        self.weight_map: dict[str, str] = {}
+        for index, (filename, tensors) in enumerate(zip(names, shards, strict=True)):
+            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+            offset = 0
+            for name, (shape, dtype) in tensors.items():
+                if dtype not in _DTYPE_CODES:
+                    raise CheckpointError(f"{name}: dtype {dtype} cannot be stored in safetensors")
+                nbytes = math.prod(shape) * dtype.itemsize
+                header[name] = {
+                    "dtype": _DTYPE_CODES[dtype],
+                    "shape": list(shape),
+                    "data_offsets": [offset, offset + nbytes],
+                }
+                offset += nbytes
+            encoded = json.dumps(header, separators=(",", ":")).encode()
+            encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
+            fd = os.open(self.path / filename, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, struct.pack("<Q", len(encoded)) + encoded)
+            start = 8 + len(encoded)
+            os.ftruncate(fd, start + offset)
+            self._fds.append(fd)
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    shape, dtype = tensors[name]
+                    self._slots[name] = (index, start + entry["data_offsets"][0], shape, dtype)
+                    self.weight_map[name] = filename
+            self.total_bytes += offset
+        self._pending = set(self._slots)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self._slots:
+            raise ValueError(f"tensor {name!r} is not in the planned output")
+        if name not in self._pending:
+            raise ValueError(f"tensor {name!r} written twice")
+        index, offset, shape, dtype = self._slots[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise ValueError(
+                f"tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned as {shape} {dtype}"
+            )
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        if os.pwrite(self._fds[index], data, offset) != data.nbytes:
+            raise OSError(f"short write of {name!r} to {self.path}")
+        self._pending.discard(name)
 
     def close(self) -> None:
-        if self._buffer or not self._shards:
-            self._flush()
-        n = len(self._shards)
-        if n == 1:
-            os.replace(self.path / self._shard_tmp_name(0), self.path / SAFE_WEIGHTS_NAME)
-            return
-        weight_map = {}
-        for i, names in enumerate(self._shards):
-            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(self.path / self._shard_tmp_name(i), self.path / final)
-            weight_map.update(dict.fromkeys(names, final))
-        write_json(
-            self.path / SAFE_WEIGHTS_INDEX_NAME,
-            {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
-        )
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        if self._pending:
+            raise ValueError(
+                f"{len(self._pending)} planned tensor(s) never written, e.g. {sorted(self._pending)[:5]}"
+            )
+        if len(set(self.weight_map.values())) > 1:
+            write_json(
+                self.path / SAFE_WEIGHTS_INDEX_NAME,
+                {"metadata": {"total_size": self.total_bytes}, "weight_map": self.weight_map},
+            )
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], **kwargs: Any) -> None:
+    """Write in-memory tensors as (possibly sharded) safetensors files."""
+    writer = SafetensorsWriter(path, {n: (t.shape, t.dtype) for n, t in tensors.items()}, **kwargs)
+    for name, tensor in tensors.items():
+        writer.write(name, tensor)
+    writer.close()

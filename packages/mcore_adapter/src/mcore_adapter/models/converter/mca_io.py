@@ -14,6 +14,7 @@ dist_checkpointing and is handled where a model is built.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 
 from .hf_io import CheckpointError, owns_storage, read_json, write_json
+from .layout import ParallelLayout
+from .template import ConversionError
 
 MCA_CONFIG_NAME = "mca_config.json"
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
@@ -60,6 +63,10 @@ class McaCheckpointMeta:
     @property
     def pp(self) -> int:
         return int(self.mca_config.get("pipeline_model_parallel_size", 1))
+
+    @property
+    def layout(self) -> ParallelLayout:
+        return ParallelLayout.from_kwargs(self.mca_config).validate(self.mca_config)
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -111,20 +118,123 @@ def torch_rank_file(path: str | os.PathLike, tp_rank: int = 0, pp_rank: int = 0,
     return iteration_dir(path) / rank_dir_name(tp_rank, pp_rank, pp_size) / "model_optim_rng.pt"
 
 
-def save_torch_rank(file: Path, state_dict: dict[str, torch.Tensor]) -> None:
+def chunk_key(vp_stage: int | None) -> str:
+    """Megatron-LM's key of one model chunk's state dict in a rank file."""
+    return "model" if vp_stage is None else f"model{vp_stage}"
+
+
+def _payload(chunks: dict[str, Any]) -> dict[str, Any]:
+    return {**chunks, "checkpoint_version": CHECKPOINT_VERSION, "iteration": ITERATION}
+
+
+def save_torch_rank(file: Path, state_dict: dict[str, torch.Tensor], vp_stage: int | None = None) -> None:
     """One rank's weights in Megatron-LM's legacy layout (``{"model": ..., "iteration": ...}``)."""
     file.parent.mkdir(parents=True, exist_ok=True)
     model = {name: owns_storage(t) for name, t in state_dict.items()}
-    torch.save({"model": model, "checkpoint_version": CHECKPOINT_VERSION, "iteration": ITERATION}, file)
+    torch.save(_payload({chunk_key(vp_stage): model}), file)
 
 
-def load_torch_rank(file: Path) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise CheckpointError(f"missing rank file {file}; the MCA checkpoint is incomplete")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {file}: {e}; the file may be truncated") from e
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{file} holds no 'model' state dict")
-    return payload["model"]
+class TorchRankWriter:
+    """Writes one rank file of the ``torch`` format tensor by tensor, holding none of them.
+
+    ``torch.save`` needs the whole state dict in memory. Instead the file is laid out first
+    from the tensors' shapes (``torch.serialization.skip_data`` writes every record but leaves
+    the bytes as a hole, and the placeholder tensors are never touched, so they take no
+    memory); the records' offsets are read back with ``map_location="meta"``, and each tensor's
+    bytes are written in place when it is ready. The result is an ordinary ``torch.save`` file.
+    """
+
+    def __init__(self, file: Path, specs: dict[str, dict[str, tuple[torch.Size, torch.dtype]]]):
+        self.file = file
+        file.parent.mkdir(parents=True, exist_ok=True)
+        skeleton = {
+            key: {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in tensors.items()}
+            for key, tensors in specs.items()
+        }
+        with torch.serialization.skip_data():
+            torch.save(_payload(skeleton), file)
+        del skeleton
+        layout = torch.load(file, map_location="meta", weights_only=True)
+        self._slots = {
+            (key, name): (t.untyped_storage()._checkpoint_offset, t.shape, t.dtype)
+            for key in specs
+            for name, t in layout[key].items()
+        }
+        self._pending = set(self._slots)
+        self._fd = os.open(file, os.O_RDWR)
+
+    def write(self, key: str, name: str, tensor: torch.Tensor) -> None:
+        try:
+            offset, shape, dtype = self._slots[key, name]
+        except KeyError:
+            raise ConversionError(f"{self.file}: no slot for {key}/{name}") from None
+        if (key, name) not in self._pending:
+            raise ConversionError(f"{self.file}: {key}/{name} written twice")
+        if tensor.shape != shape or tensor.dtype != dtype:
+            raise ConversionError(
+                f"{self.file}: {key}/{name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                f"the planned slot is {tuple(shape)} {dtype}"
+            )
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        written = os.pwrite(self._fd, data, offset)
+        if written != data.nbytes:
+            raise OSError(f"short write to {self.file}: {written} of {data.nbytes} bytes")
+        self._pending.discard((key, name))
+
+    def close(self) -> None:
+        os.close(self._fd)
+        if self._pending:
+            raise ConversionError(
+                f"{self.file}: {len(self._pending)} planned tensor(s) were never written, e.g. "
+                f"{sorted(self._pending)[:5]}"
+            )
+
+
+class TorchRankReader:
+    """Reads one rank file of the ``torch`` format tensor by tensor (``pread`` into fresh memory,
+    so memory stays bounded by the tensor being read, unlike a whole-file ``torch.load``)."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        if not file.is_file():
+            raise CheckpointError(f"missing rank file {file}; the MCA checkpoint is incomplete")
+        try:
+            payload = torch.load(file, map_location="meta", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read {file}: {e}; the file may be truncated") from e
+        self.chunks: dict[str, dict[str, torch.Tensor]] = {
+            k: v for k, v in payload.items() if k == "model" or re.fullmatch(r"model\d+", k)
+        }
+        if not self.chunks:
+            raise CheckpointError(f"{file} holds no 'model' state dict")
+        size = file.stat().st_size
+        for key, tensors in self.chunks.items():
+            for name, t in tensors.items():
+                end = t.untyped_storage()._checkpoint_offset + t.untyped_storage().nbytes()
+                if end > size:
+                    raise CheckpointError(
+                        f"{file} is truncated: {key}/{name} ends at byte {end}, the file has {size}"
+                    )
+
+    def read(self, key: str, name: str) -> torch.Tensor:
+        meta = self.chunks[key][name]
+        storage = meta.untyped_storage()
+        buffer = bytearray(storage.nbytes())
+        with open(self.file, "rb") as f:
+            f.seek(storage._checkpoint_offset)
+            if f.readinto(buffer) != len(buffer):
+                raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
+        flat = (
+            torch.frombuffer(buffer, dtype=torch.uint8).view(meta.dtype)
+            if buffer
+            else torch.empty(0, dtype=meta.dtype)
+        )
+        return flat.as_strided(meta.shape, meta.stride(), meta.storage_offset())
+
+
+def load_torch_rank(file: Path, vp_stage: int | None = None) -> dict[str, torch.Tensor]:
+    reader = TorchRankReader(file)
+    key = chunk_key(vp_stage)
+    if key not in reader.chunks:
+        raise CheckpointError(f"{file} holds {sorted(reader.chunks)}, not {key!r}")
+    return {name: reader.read(key, name) for name in reader.chunks[key]}

@@ -344,6 +344,22 @@ class WeightMapper:
                     return op_index, slot, match.groups()
         return None
 
+    def outputs_of(self, name: str) -> list[str] | None:
+        """The names converting ``name`` contributes to, without converting; ``None`` when no
+        op maps it (``push`` would raise), ``[]`` when it is dropped."""
+        layer, local = self._split(name)
+        if self.to_mca and (self.template.is_invalid_hf_key(local) or name in self._dropped_tied):
+            return []
+        hit = self._lookup(layer, local)
+        if hit is None:
+            return None
+        op_index, _, captures = hit
+        op = self._ops[op_index]
+        if isinstance(op, DropConverOp):
+            return []
+        names = resolve_wildcards(op.names(mca=self.to_mca), captures)
+        return [self._join(layer, n, mca=self.to_mca) for n in names]
+
     def push(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         layer, local = self._split(name)
         if not self.to_mca and name.endswith(MCA_EXTRA_STATE_SUFFIX):

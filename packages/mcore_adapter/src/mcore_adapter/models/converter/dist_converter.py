@@ -1,0 +1,154 @@
+"""Tensor- and pipeline-parallel sharding of canonical Megatron weights, and its inverse.
+
+A canonical weight is the whole tensor under its global Megatron name (what a template's ops
+produce, e.g. ``decoder.layers.7.mlp.linear_fc1.weight``). ``DistConverter`` says where it
+lives in a layout (which pipeline chunk, under which chunk-local name) and how it splits over
+tensor-parallel ranks; ``merge`` undoes ``split`` exactly.
+
+How each weight splits is a declarative table (``TP_RULES``), Megatron-Core's own choices:
+
+- column-parallel (dim 0): fused q/k/v (Megatron's per-group row order, so a plain chunk is
+  what each rank's ``ColumnParallelLinear`` holds, also when query groups < tp), and the
+  SwiGLU ``linear_fc1``, whose gate and up halves are each chunked and then re-joined per rank;
+- row-parallel (dim 1): attention output projection and ``linear_fc2``;
+- vocab-parallel (dim 0, padded to Megatron's divisible size): embedding and output layer;
+- everything else (norms, row-parallel biases) is replicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, padded_vocab_size
+from .template import MCA_OUTPUT_LAYER, ConversionError, Template
+
+COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", "vocab", "replicated"
+
+# Layer-relative names start with "."; others are global.
+TP_RULES: dict[str, str] = {
+    ".self_attention.linear_qkv.weight": COLUMN,
+    ".self_attention.linear_qkv.bias": COLUMN,
+    ".self_attention.linear_proj.weight": ROW,
+    ".mlp.linear_fc1.weight": GATED_COLUMN,
+    ".mlp.linear_fc1.bias": GATED_COLUMN,
+    ".mlp.linear_fc2.weight": ROW,
+    "embedding.word_embeddings.weight": VOCAB,
+    MCA_OUTPUT_LAYER: VOCAB,
+}
+EMBEDDING = "embedding.word_embeddings.weight"
+# Global weights of the last pipeline stage; every other global weight is on the first.
+POST_PROCESS_PREFIXES = ("decoder.final_layernorm.", "output_layer.")
+
+
+class DistConverter:
+    """Sharding of one model's canonical weights for one layout."""
+
+    def __init__(self, mca_kwargs: Mapping[str, Any], layout: ParallelLayout):
+        self.layout = layout.validate(mca_kwargs)
+        self.gated = bool(mca_kwargs.get("swiglu") or mca_kwargs.get("gated_linear_unit"))
+        self.tied = bool(mca_kwargs.get("tie_embeddings_and_output_weights"))
+        self.vocab_size = int(mca_kwargs.get("vocab_size") or mca_kwargs["padded_vocab_size"])
+        divisor = int(mca_kwargs.get("make_vocab_size_divisible_by") or DEFAULT_VOCAB_DIVISOR)
+        given = mca_kwargs.get("padded_vocab_size")
+        if given and given >= self.vocab_size and given % self.layout.tp == 0:
+            self.padded_vocab_size = int(given)  # a model's own padding (e.g. from a torch_dist checkpoint)
+        else:
+            self.padded_vocab_size = padded_vocab_size(self.vocab_size, self.layout.tp, divisor)
+        self.first = self.layout.chunks[0]
+        self.last = self.layout.chunks[-1]
+
+    # ------------------------------------------------------------------ placement
+    def placements(self, name: str) -> list[tuple[Chunk, str]]:
+        """Every (chunk, chunk-local name) that holds the canonical weight ``name``.
+
+        With tied embeddings and more than one pipeline stage the last stage keeps its own copy
+        of the embedding as ``output_layer.weight``, as Megatron does.
+        """
+        layer, rest = Template.split_mca_name(name)
+        if layer is not None:
+            chunk, local = self.layout.locate(layer)
+            return [(chunk, Template.join_mca_name(local, rest))]
+        if name.startswith(POST_PROCESS_PREFIXES):
+            return [(self.last, name)]
+        out = [(self.first, name)]
+        if name == EMBEDDING and self.tied and self.last.pp_rank != self.first.pp_rank:
+            out.append((self.last, MCA_OUTPUT_LAYER))
+        return out
+
+    def canonical_name(self, chunk: Chunk, local_name: str) -> str | None:
+        """The canonical name of a chunk-local weight; ``None`` for the last stage's copy of
+        tied embeddings (the first stage's embedding is the weight)."""
+        layer, rest = Template.split_mca_name(local_name)
+        if layer is not None:
+            if layer >= len(chunk.layers):
+                raise ConversionError(
+                    f"{local_name!r}: pipeline chunk {chunk.pp_rank}/{chunk.vp_stage} has "
+                    f"{len(chunk.layers)} layers in this layout"
+                )
+            return Template.join_mca_name(chunk.layers[layer], rest)
+        if local_name == MCA_OUTPUT_LAYER and self.tied:
+            return None
+        return local_name
+
+    # ------------------------------------------------------------------ tensor parallelism
+    def rule(self, name: str) -> str:
+        _, rest = Template.split_mca_name(name)
+        rule = TP_RULES.get(rest, REPLICATED)
+        if rule == GATED_COLUMN and not self.gated:
+            return COLUMN
+        return rule
+
+    def split(self, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """The ``tp`` slices of a canonical weight, one per tensor-parallel rank (views)."""
+        tp = self.layout.tp
+        rule = self.rule(name)
+        if rule == REPLICATED or (tp == 1 and rule != VOCAB):
+            return [tensor] * tp
+        if rule == VOCAB:
+            tensor = self._pad_vocab(name, tensor)
+        dim = 1 if rule == ROW else 0
+        if tensor.shape[dim] % tp:
+            raise ConversionError(
+                f"{name}: dim {dim} of shape {tuple(tensor.shape)} does not split over tp={tp}"
+            )
+        if rule == GATED_COLUMN:
+            gate, up = torch.chunk(tensor, 2, dim=0)
+            return [torch.cat(pair, dim=0) for pair in zip(gate.chunk(tp), up.chunk(tp), strict=True)]
+        return list(torch.chunk(tensor, tp, dim=dim))
+
+    def merge(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of ``split``: the canonical weight from its ``tp`` slices."""
+        tp = self.layout.tp
+        if len(parts) != tp:
+            raise ConversionError(f"{name}: expected {tp} tensor-parallel slices, got {len(parts)}")
+        rule = self.rule(name)
+        if rule == REPLICATED:
+            return parts[0]
+        if rule == GATED_COLUMN:
+            halves = [p.chunk(2, dim=0) for p in parts]
+            return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
+        merged = parts[0] if tp == 1 else torch.cat(parts, dim=1 if rule == ROW else 0)
+        if rule == VOCAB:
+            merged = merged[: self.vocab_size]
+        return merged
+
+    def _pad_vocab(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        rows = tensor.shape[0]
+        if rows == self.padded_vocab_size:
+            return tensor
+        if rows != self.vocab_size:
+            raise ConversionError(
+                f"{name} has {rows} rows; the config's vocab_size is {self.vocab_size} "
+                f"(padded: {self.padded_vocab_size})"
+            )
+        padded = tensor.new_zeros((self.padded_vocab_size, *tensor.shape[1:]))
+        padded[:rows] = tensor
+        return padded
+
+    def shard_shape(self, name: str, shape: torch.Size) -> torch.Size:
+        """The shape one tensor-parallel rank holds (computed without data)."""
+        meta = torch.empty(shape, device="meta")
+        return self.split(name, meta)[0].shape

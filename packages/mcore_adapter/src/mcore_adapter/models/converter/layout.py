@@ -1,0 +1,196 @@
+"""Parallel layouts: which rank holds which layers and which slice of each weight.
+
+Pure arithmetic on the config, without megatron.core: the offline converter writes every
+rank's shard in one process, and a model inside a distributed job asks the same questions
+about its own rank. The rules are Megatron-Core's own (``TransformerConfig.__post_init__``,
+``get_num_layers_to_build``, ``get_transformer_layer_offset``), including its uneven split
+(``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``); a layout
+Megatron rejects is rejected here, with Megatron's reason, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .template import ConversionError
+
+DEFAULT_VOCAB_DIVISOR = 128  # Megatron-LM's --make-vocab-size-divisible-by default
+
+# The mca_config.json fields that describe a layout rather than an architecture.
+LAYOUT_FIELDS = (
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+    "num_layers_in_first_pipeline_stage",
+    "num_layers_in_last_pipeline_stage",
+)
+
+
+class LayoutError(ConversionError):
+    """A parallel layout that Megatron-Core would not build for this model."""
+
+
+def padded_vocab_size(vocab_size: int, tp: int, divisor: int = DEFAULT_VOCAB_DIVISOR) -> int:
+    """Megatron-LM's padding: the vocab rounded up to a multiple of ``divisor * tp``, so that
+    every tensor-parallel rank holds an equal, aligned slice of the embedding and output layer."""
+    multiple = divisor * tp
+    return -(-vocab_size // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One model chunk: the layers a (pipeline rank, virtual stage) builds, in global numbers."""
+
+    pp_rank: int
+    vp_stage: int | None
+    layers: range
+    pre_process: bool  # holds the embedding
+    post_process: bool  # holds the final norm and the output layer
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    tp: int = 1
+    pp: int = 1
+    vpp: int | None = None
+    num_layers_in_first_pipeline_stage: int | None = None
+    num_layers_in_last_pipeline_stage: int | None = None
+    # The model numbers the layout is checked against (set by ``for_model``).
+    num_layers: int = field(default=0, compare=False)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> ParallelLayout:
+        """The layout an ``mca_config``-style dict describes (missing fields: no parallelism)."""
+        vpp = kwargs.get("virtual_pipeline_model_parallel_size")
+        return cls(
+            tp=int(kwargs.get("tensor_model_parallel_size") or 1),
+            pp=int(kwargs.get("pipeline_model_parallel_size") or 1),
+            vpp=int(vpp) if vpp and int(vpp) > 1 else None,
+            num_layers_in_first_pipeline_stage=kwargs.get("num_layers_in_first_pipeline_stage"),
+            num_layers_in_last_pipeline_stage=kwargs.get("num_layers_in_last_pipeline_stage"),
+            num_layers=int(kwargs.get("num_layers") or 0),
+        )
+
+    def to_kwargs(self) -> dict[str, Any]:
+        return dict(zip(LAYOUT_FIELDS, self._values(), strict=True))
+
+    def _values(self) -> tuple[Any, ...]:
+        return (
+            self.tp,
+            self.pp,
+            self.vpp,
+            self.num_layers_in_first_pipeline_stage,
+            self.num_layers_in_last_pipeline_stage,
+        )
+
+    def describe(self) -> str:
+        text = f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp else "")
+        uneven = (self.num_layers_in_first_pipeline_stage, self.num_layers_in_last_pipeline_stage)
+        return text + (f"(first={uneven[0]},last={uneven[1]})" if any(v is not None for v in uneven) else "")
+
+    @property
+    def num_chunks(self) -> int:
+        return self.vpp or 1
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, model: Mapping[str, Any]) -> ParallelLayout:
+        """Check the layout against the model's numbers as Megatron-Core does; return the layout
+        bound to the model's layer count."""
+        tp, pp, vpp = self.tp, self.pp, self.vpp
+        for name, value in (("tp", tp), ("pp", pp), ("vpp", vpp or 1)):
+            if value < 1:
+                raise LayoutError(f"{name} must be >= 1, got {value}")
+        heads = model["num_attention_heads"]
+        groups = model.get("num_query_groups") or heads
+        if heads % tp:
+            raise LayoutError(
+                f"num_attention_heads={heads} is not divisible by tp={tp}; Megatron-Core splits whole "
+                f"heads over tensor-parallel ranks: choose tp among {_divisors(heads)}"
+            )
+        if groups % tp and tp % groups:
+            raise LayoutError(
+                f"num_query_groups={groups} is neither a multiple nor a divisor of tp={tp}, which "
+                "Megatron-Core requires"
+            )
+        if vpp is not None and pp < 2:
+            raise LayoutError(f"virtual pipeline (vpp={vpp}) needs pp >= 2, got pp={pp}")
+        bound = ParallelLayout(*self._values(), num_layers=int(model["num_layers"]))
+        bound._check_layers()
+        return bound
+
+    def _check_layers(self) -> None:
+        first, last = self.num_layers_in_first_pipeline_stage, self.num_layers_in_last_pipeline_stage
+        n, pp, v = self.num_layers, self.pp, self.num_chunks
+        if pp == 1 and (first is not None or last is not None):
+            raise LayoutError("num_layers_in_first/last_pipeline_stage need pp > 1")
+        if first is None and last is None:
+            if n % (pp * v):
+                hint = "; give num_layers_in_first/last_pipeline_stage for an uneven split" if pp > 1 else ""
+                raise LayoutError(f"num_layers={n} is not divisible by pp x vpp = {pp} x {v}{hint}")
+            return
+        middle_layers, middle_stages = n, pp
+        for name, value in (("first", first), ("last", last)):
+            if value is None:
+                continue
+            if value <= 0:
+                raise LayoutError(f"num_layers_in_{name}_pipeline_stage must be > 0, got {value}")
+            if value % v:
+                raise LayoutError(f"num_layers_in_{name}_pipeline_stage={value} is not divisible by vpp={v}")
+            middle_layers -= value
+            middle_stages -= 1
+        if middle_layers < 0 or bool(middle_layers) != bool(middle_stages):
+            raise LayoutError(
+                f"{middle_layers} layer(s) are left for {middle_stages} middle pipeline stage(s) "
+                f"(num_layers={n}, first={first}, last={last}, pp={pp})"
+            )
+        if middle_stages and middle_layers % (middle_stages * v):
+            raise LayoutError(
+                f"the {middle_layers} middle layers do not split evenly over {middle_stages} stage(s) x vpp={v}"
+            )
+
+    # ------------------------------------------------------------------ placement
+    def stage_num_layers(self, pp_rank: int) -> int:
+        first, last = self.num_layers_in_first_pipeline_stage, self.num_layers_in_last_pipeline_stage
+        if pp_rank == 0 and first is not None:
+            return first
+        if pp_rank == self.pp - 1 and last is not None:
+            return last
+        middle_stages = self.pp - (first is not None) - (last is not None)
+        return (self.num_layers - (first or 0) - (last or 0)) // middle_stages
+
+    @cached_property
+    def chunks(self) -> list[Chunk]:
+        """Every chunk in execution order (virtual stage major, as the interleaved schedule runs)."""
+        per_chunk = [self.stage_num_layers(p) // self.num_chunks for p in range(self.pp)]
+        out, start = [], 0
+        for v in range(self.num_chunks):
+            for p in range(self.pp):
+                layers = range(start, start + per_chunk[p])
+                start += per_chunk[p]
+                first = p == 0 and v == 0
+                last = p == self.pp - 1 and v == self.num_chunks - 1
+                out.append(Chunk(p, v if self.vpp else None, layers, first, last))
+        return out
+
+    def chunks_of(self, pp_rank: int) -> list[Chunk]:
+        return [c for c in self.chunks if c.pp_rank == pp_rank]
+
+    def locate(self, layer: int) -> tuple[Chunk, int]:
+        """The chunk holding global ``layer`` and the layer's index inside it."""
+        for chunk in self.chunks:
+            if layer in chunk.layers:
+                return chunk, layer - chunk.layers.start
+        raise LayoutError(f"layer {layer} is outside the model's {self.num_layers} layers")
+
+    def ranks(self) -> Iterator[tuple[int, int]]:
+        """``(tp_rank, pp_rank)`` of every model-parallel rank."""
+        for pp_rank in range(self.pp):
+            for tp_rank in range(self.tp):
+                yield tp_rank, pp_rank
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
