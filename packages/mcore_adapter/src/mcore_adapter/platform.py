@@ -7,6 +7,8 @@ megatron-core assumes a GPU in a few places that matter for the dense GPT path:
 - ``model_parallel_cuda_manual_seed`` seeds CUDA RNG states: on CPU we ask for the inference
   tracker, which keeps plain torch RNG state;
 - dist_checkpointing calls ``torch.cuda.synchronize()`` when saving: a no-op on CPU;
+- ``Tensor.cuda()`` moves tensors to "the" device (tied embeddings over pipeline stages are
+  all-reduced after ``weight.data.cuda()``): on CPU it returns the tensor itself;
 - causal and sliding-window masks are built on "cuda": callers pass an explicit causal mask
   (``causal_attention_mask``) and the sliding-window builder is replaced by a device-free one.
 """
@@ -43,6 +45,7 @@ def apply_cpu_shims() -> bool:
     torch.cuda.current_device = lambda: CPU  # type: ignore[assignment]
     # dist_checkpointing's filesystem writer synchronizes CUDA before copying tensors out.
     torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
 
     from megatron.core.fusions import fused_softmax
 

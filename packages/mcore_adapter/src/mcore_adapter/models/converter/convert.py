@@ -45,6 +45,7 @@ from .mca_io import (
     TorchRankReader,
     TorchRankWriter,
     chunk_key,
+    iteration_dir,
     torch_rank_file,
 )
 from .template import ConversionError, ConversionReport, Template, get_template
@@ -138,6 +139,13 @@ class McaTorchSource:
         self.op_config = self.template.op_config(self.mca_kwargs)
         self.dist = DistConverter(self.mca_kwargs, meta.layout)
         layout = self.dist.layout
+        expected = {torch_rank_file(path, tp, pp, layout.pp).parent.name for tp, pp in layout.ranks()}
+        found = {p.name for p in iteration_dir(path).glob("mp_rank_*")}
+        if found - expected:
+            raise CheckpointError(
+                f"{path} holds rank directories {sorted(found)} but its {MCA_CONFIG_NAME} describes "
+                f"{layout.describe()} ({sorted(expected)}); the config does not match the files"
+            )
         self.readers = {
             (tp, pp): TorchRankReader(torch_rank_file(path, tp, pp, layout.pp)) for tp, pp in layout.ranks()
         }

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .hf_io import CheckpointError, owns_storage, read_json, write_json
-from .layout import ParallelLayout
+from .layout import LayoutError, ParallelLayout
 from .template import ConversionError
 
 MCA_CONFIG_NAME = "mca_config.json"
@@ -66,7 +66,10 @@ class McaCheckpointMeta:
 
     @property
     def layout(self) -> ParallelLayout:
-        return ParallelLayout.from_kwargs(self.mca_config).validate(self.mca_config)
+        try:
+            return ParallelLayout.from_kwargs(self.mca_config).validate(self.mca_config)
+        except LayoutError as e:
+            raise CheckpointError(f"the layout in {MCA_CONFIG_NAME} is invalid: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)

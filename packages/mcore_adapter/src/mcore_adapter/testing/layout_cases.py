@@ -1,0 +1,83 @@
+"""Checks of one model at one parallel layout, run inside a launched job (every rank).
+
+Used by the distributed tests: one job per world size runs many cases, because each rank
+pays megatron's import once. Each case builds the model at its layout from the HF checkpoint
+and checks it against transformers, reloads it from the offline converter's ``torch`` rank
+files, exports it back to HF, and optionally saves ``torch_dist`` and reloads it at another
+layout. Rank 0 returns the results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..verify import hf_logits, megatron_logits, random_tokens
+from .compare import compare_hf_dirs
+
+
+def _init(layout: dict[str, Any]) -> dict[str, Any]:
+    from megatron.core import parallel_state
+
+    from ..parallel import initialize_model_parallel
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    initialize_model_parallel(tp=layout.get("tp", 1), pp=layout.get("pp", 1), vpp=layout.get("vpp"))
+    return {k: v for k, v in layout.items() if k.startswith("num_layers_in_") and v is not None}
+
+
+def _max(value: float) -> float:
+    """The largest value over all ranks (ranks without a value pass 0)."""
+    t = torch.tensor(value, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def _diffs(models: Any, others: list[Any], hf_dir: str) -> list[float]:
+    """Max |logits - HF logits| of ``models``, then max |logits - logits of other|."""
+    from megatron.core import parallel_state
+
+    tokens = random_tokens(128, seq_len=16)
+    ours = megatron_logits(models, tokens)
+    theirs = [megatron_logits(o, tokens) for o in others]
+    first = ours is not None and parallel_state.get_tensor_model_parallel_rank() == 0
+    values = [(ours - hf_logits(hf_dir, tokens)).abs().max().item() if first else 0.0]
+    values += [(ours - t).abs().max().item() if first else 0.0 for t in theirs]
+    return [_max(v) for v in values]
+
+
+def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from .. import AutoModel
+    from ..models.converter.hf_io import HFCheckpoint
+
+    hf_dir = case["hf_dir"]
+    uneven = _init(case["layout"])
+    models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
+    from_torch = AutoModel.from_pretrained(case["torch_dir"], dtype=torch.float32)
+    hf_diff, torch_diff = _diffs(models, [from_torch], hf_dir)
+    result = {**case, "max_abs_diff": hf_diff, "torch_format_vs_hf_load": torch_diff}
+
+    out = workdir / f"{case['id']}-hf"
+    models.save_pretrained_as_hf(out)
+    exported = [name for name, _ in models.export_hf_weights(bucket_bytes=64 * 1024)]
+    if dist.get_rank() == 0:
+        result["hf_round_trip_problems"] = compare_hf_dirs(hf_dir, out)
+        result["export_names_match"] = sorted(exported) == sorted(HFCheckpoint(hf_dir).keys())
+
+    reload_layout = case.get("torch_dist_reload_layout")
+    if reload_layout:
+        dist_dir = workdir / f"{case['id']}-dist"
+        models.save_pretrained(dist_dir)
+        del models, from_torch
+        uneven = _init(reload_layout)
+        reloaded = AutoModel.from_pretrained(dist_dir, dtype=torch.float32, **uneven)
+        (result["torch_dist_reload_diff"],) = _diffs(reloaded, [], hf_dir)
+    return result
+
+
+def run_cases(cases: list[dict[str, Any]], workdir: str) -> list[dict[str, Any]]:
+    return [run_case(case, Path(workdir)) for case in cases]
