@@ -28,6 +28,7 @@ _ARCH_FIELDS = (
     "padded_vocab_size",
     "make_vocab_size_divisible_by",
 )
+_UNEVEN_FIELDS = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
 _PARALLEL_FIELDS = (*LAYOUT_FIELDS, "expert_model_parallel_size", "sequence_parallel")
 
 
@@ -80,6 +81,9 @@ class McaModelConfig(TransformerConfig):
     @classmethod
     def from_mca_meta(cls, meta: McaCheckpointMeta, **overrides: Any) -> McaModelConfig:
         kwargs = {k: v for k, v in meta.mca_config.items() if k not in _PARALLEL_FIELDS}
+        if overrides.get("pipeline_model_parallel_size", 1) == meta.pp:  # keep the saved uneven split
+            for name in _UNEVEN_FIELDS:
+                kwargs[name] = meta.mca_config.get(name)
         kwargs.update(hf_config=meta.hf_config, hf_weight_dtype=meta.hf_weight_dtype)
         return cls(**{**kwargs, **overrides})
 
