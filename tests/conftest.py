@@ -3,7 +3,9 @@ that build models: every such test shares one single-process gloo group."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +38,31 @@ def tiny_checkpoint(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+LAYOUT_RESULTS = Path(__file__).resolve().parents[1] / "build" / "test-results" / "layouts.json"
+
+
+@pytest.fixture(scope="session")
+def record_layout():
+    """``record_layout(model_type, tied, layout, max_abs_diff, passed)``: parity results that
+    tools/support_matrix.py turns into the README's support matrix (written at session end,
+    merged with earlier runs' results)."""
+    results: dict[str, dict] = {}
+
+    def record(model_type: str, tied: bool, layout: str, max_abs_diff: float, passed: bool) -> None:
+        key = f"{model_type}-{'tied' if tied else 'untied'}-{layout.replace(' ', '_')}"
+        results[key] = {
+            "model_type": model_type,
+            "tied": tied,
+            "layout": layout,
+            "max_abs_diff": max_abs_diff,
+            "passed": passed,
+        }
+
+    yield record
+    if results:
+        LAYOUT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        table = json.loads(LAYOUT_RESULTS.read_text()) if LAYOUT_RESULTS.exists() else {}
+        table.update(results)
+        LAYOUT_RESULTS.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")

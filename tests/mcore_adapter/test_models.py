@@ -48,7 +48,9 @@ def max_diff(a, b):
 
 @pytest.mark.parametrize("model_type", registered_model_types())
 @pytest.mark.parametrize("tie", [False, True])
-def test_logits_match_transformers_and_backward_runs(model_type, tie, megatron, tiny_checkpoint):
+def test_logits_match_transformers_and_backward_runs(
+    model_type, tie, megatron, tiny_checkpoint, record_layout
+):
     from mcore_adapter import AutoModel, McaGPTModel
 
     path = tiny_checkpoint(model_type, tie)
@@ -59,6 +61,8 @@ def test_logits_match_transformers_and_backward_runs(model_type, tie, megatron, 
     expected = hf_logits(path, tokens)
     actual = mca_logits(model, tokens)
     assert actual.shape == expected.shape
+    diff = max_diff(actual, expected)
+    record_layout(model_type, tie, "TP1", diff, diff <= PARITY_TOL)
     torch.testing.assert_close(actual, expected, rtol=0, atol=PARITY_TOL)
 
     model.train()

@@ -3,14 +3,11 @@ in real multi-process jobs (gloo on CPU): logits parity with transformers, loadi
 offline converter's rank files, export back to HF, and torch_dist reloaded at another layout.
 
 One job per world size runs all its cases (each rank imports megatron once). Results are also
-written to build/test-results/layouts.json, from which tools/support_matrix.py renders the
-README's layout columns.
+recorded (``record_layout``) for tools/support_matrix.py, which renders the README's layout
+columns.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +21,6 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 # fp32 on CPU; tensor parallelism changes the reduction order (1.1e-5 measured on Llama).
 PARITY_TOL = 5e-5
-RESULTS = Path(__file__).resolve().parents[2] / "build" / "test-results" / "layouts.json"
 
 TP2 = {"tp": 2}
 PP2 = {"pp": 2}
@@ -73,7 +69,7 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
     return specs
 
 
-def _run(world: int, tiny_checkpoint, tmp_path_factory) -> dict[str, dict]:
+def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[str, dict]:
     work = tmp_path_factory.mktemp(f"world{world}")
     cases = []
     for model_type, tie, name, reload in _specs(world):
@@ -95,22 +91,9 @@ def _run(world: int, tiny_checkpoint, tmp_path_factory) -> dict[str, dict]:
             }
         )
     results = {r["id"]: r for r in launch(run_cases, world, cases, str(work))[0]}
-    _record(results.values())
+    for r in results.values():
+        record_layout(r["model_type"], r["tied"], r["layout_name"], r["max_abs_diff"], _problems(r) == [])
     return results
-
-
-def _record(results) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    table = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    for r in results:
-        table[r["id"]] = {
-            "model_type": r["model_type"],
-            "tied": r["tied"],
-            "layout": r["layout_name"],
-            "max_abs_diff": r["max_abs_diff"],
-            "passed": _problems(r) == [],
-        }
-    RESULTS.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
 
 
 def _problems(r: dict) -> list[str]:
@@ -125,6 +108,8 @@ def _problems(r: dict) -> list[str]:
         problems.append(f"export to HF is not bit-exact: {r['hf_round_trip_problems'][:3]}")
     if not r["export_names_match"]:
         problems.append("export_hf_weights did not yield exactly the checkpoint's names")
+    if r["layout"].get("pp", 1) > 1 and max(r["hf_tensors_read_per_rank"]) >= r["hf_tensors_total"]:
+        problems.append(f"a pipeline rank read every HF tensor: {r['hf_tensors_read_per_rank']}")
     reload = r.get("torch_dist_reload_diff")
     if reload is not None and not reload <= PARITY_TOL:
         problems.append(f"torch_dist reloaded at {r['torch_dist_reload_layout']} differs by {reload:.3g}")
@@ -132,13 +117,13 @@ def _problems(r: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def world2(tiny_checkpoint, tmp_path_factory):
-    return _run(2, tiny_checkpoint, tmp_path_factory)
+def world2(tiny_checkpoint, tmp_path_factory, record_layout):
+    return _run(2, tiny_checkpoint, tmp_path_factory, record_layout)
 
 
 @pytest.fixture(scope="module")
-def world4(tiny_checkpoint, tmp_path_factory):
-    return _run(4, tiny_checkpoint, tmp_path_factory)
+def world4(tiny_checkpoint, tmp_path_factory, record_layout):
+    return _run(4, tiny_checkpoint, tmp_path_factory, record_layout)
 
 
 def _ids(world: int) -> list[str]:

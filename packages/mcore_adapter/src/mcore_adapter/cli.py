@@ -21,8 +21,12 @@ USER_ERRORS = (OutputExistsError, CheckpointError, ConversionError, UnsupportedM
 
 
 def _layout(args: argparse.Namespace):
-    from .models.converter.layout import ParallelLayout
+    from .models.converter.layout import LayoutError, ParallelLayout
 
+    if args.ep != 1:
+        raise LayoutError(
+            f"--ep {args.ep}: expert parallelism needs a model with experts; no MoE template is registered yet"
+        )
     return ParallelLayout(
         tp=args.tp or 1,
         pp=args.pp or 1,
@@ -147,6 +151,7 @@ def _add_layout_args(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per pipeline rank")
     group.add_argument("--num-layers-in-first-pipeline-stage", type=int, default=None)
     group.add_argument("--num-layers-in-last-pipeline-stage", type=int, default=None)
+    group.add_argument("--ep", type=int, default=1, help="expert-parallel size (models with experts)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="compare Megatron and HF logits for an HF checkpoint")
     verify.add_argument("hf_dir")
     _add_layout_args(verify, "layout to build the Megatron model in; more than one rank is launched locally")
-    verify.add_argument("--ep", type=int, default=1, help="expert-parallel size (models with experts)")
     verify.add_argument("--tol", type=float, default=1e-4)
     verify.add_argument("--batch-size", type=int, default=2)
     verify.add_argument("--seq-len", type=int, default=16)

@@ -56,10 +56,30 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     hf_dir = case["hf_dir"]
     uneven = _init(case["layout"])
-    models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
+    read: list[str] = []
+    original = HFCheckpoint.tensors
+
+    def counting(self, names=None, meta=False):  # which HF tensors this rank reads
+        for name, tensor in original(self, names, meta):
+            read.append(name)
+            yield name, tensor
+
+    HFCheckpoint.tensors = counting
+    try:
+        models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
+    finally:
+        HFCheckpoint.tensors = original
+    reads: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reads, len(read))
     from_torch = AutoModel.from_pretrained(case["torch_dir"], dtype=torch.float32)
     hf_diff, torch_diff = _diffs(models, [from_torch], hf_dir)
-    result = {**case, "max_abs_diff": hf_diff, "torch_format_vs_hf_load": torch_diff}
+    result = {
+        **case,
+        "max_abs_diff": hf_diff,
+        "torch_format_vs_hf_load": torch_diff,
+        "hf_tensors_read_per_rank": reads,
+        "hf_tensors_total": len(HFCheckpoint(hf_dir).keys()),
+    }
 
     out = workdir / f"{case['id']}-hf"
     models.save_pretrained_as_hf(out)
