@@ -1,5 +1,7 @@
 """Template registry, config translation both ways, and accounting of every tensor."""
 
+import json
+
 import pytest
 import torch
 
@@ -93,6 +95,27 @@ def test_config_built_from_megatron_fields_alone(model_type):
         if top != "rope_parameters":
             assert rebuilt[top] == hf_config[top], hf_path
     assert rebuilt["rope_parameters"]["rope_theta"] == hf_config["rope_parameters"]["rope_theta"]
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_complete_configs_skip_transformers_with_the_same_result(model_type):
+    """A config that states every field is read as is (no transformers import on the convert
+    path); the result must equal what transformers' normalization gives."""
+    template = get_template(model_type)
+    raw = json.loads(tiny_hf_config(model_type).to_json_string(use_diff=False))
+    assert template._states_every_field(raw)
+    expected = template.convert_hf_to_mca_config(template.transformers_normalized_hf_config(raw))
+    assert template.convert_hf_to_mca_config(raw) == expected
+
+
+def test_legacy_and_sparse_configs_go_through_transformers():
+    template = get_template("qwen2")
+    legacy = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
+    legacy.update(intermediate_size=128, vocab_size=128, rope_theta=12345.0)
+    assert not template._states_every_field(legacy)
+    mca = template.convert_hf_to_mca_config(legacy)
+    assert mca["rotary_base"] == 12345.0  # folded into rope_parameters by transformers
+    assert mca["num_query_groups"] == 32  # transformers' qwen2 default for num_key_value_heads
 
 
 def test_llama3_rope_parameters_reach_megatron():

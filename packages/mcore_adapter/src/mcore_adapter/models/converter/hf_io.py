@@ -110,21 +110,26 @@ class HFCheckpoint:
         for filename, file_names in by_file.items():
             with self._open(filename) as f:
                 present = set(f.keys())
-                for name in file_names:
-                    if name not in present:
-                        raise CheckpointError(
-                            f"the index maps {name!r} to {filename}, which does not hold it; "
-                            "the checkpoint is incomplete"
-                        )
+            for name in file_names:
+                if name not in present:
+                    raise CheckpointError(
+                        f"the index maps {name!r} to {filename}, which does not hold it; "
+                        "the checkpoint is incomplete"
+                    )
+                # One open per tensor: safetensors maps the whole shard and every page read
+                # stays resident while the file is open, so reading a shard through one handle
+                # would hold up to the shard's size (5 GB on the hub) in memory.
+                with self._open(filename) as f:
                     try:
                         if meta:
                             info = f.get_slice(name)
                             dtype = _SAFETENSORS_DTYPES[info.get_dtype()]
-                            yield name, torch.empty(info.get_shape(), dtype=dtype, device="meta")
-                            continue
-                        yield name, f.get_tensor(name)
+                            tensor = torch.empty(info.get_shape(), dtype=dtype, device="meta")
+                        else:
+                            tensor = f.get_tensor(name)
                     except Exception as e:
                         raise CheckpointError(f"cannot read {name!r} from {self.path / filename}: {e}") from e
+                yield name, tensor
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self.tensors(meta=True))

@@ -222,17 +222,12 @@ class TorchRankReader:
     def read(self, key: str, name: str) -> torch.Tensor:
         meta = self.chunks[key][name]
         storage = meta.untyped_storage()
-        buffer = bytearray(storage.nbytes())
+        buffer = torch.empty(storage.nbytes(), dtype=torch.uint8)  # not zero-filled: read over
         with open(self.file, "rb") as f:
             f.seek(storage._checkpoint_offset)
-            if f.readinto(buffer) != len(buffer):
+            if f.readinto(buffer.numpy()) != buffer.numel():
                 raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
-        flat = (
-            torch.frombuffer(buffer, dtype=torch.uint8).view(meta.dtype)
-            if buffer
-            else torch.empty(0, dtype=meta.dtype)
-        )
-        return flat.as_strided(meta.shape, meta.stride(), meta.storage_offset())
+        return buffer.view(meta.dtype).as_strided(meta.shape, meta.stride(), meta.storage_offset())
 
 
 def load_torch_rank(file: Path, vp_stage: int | None = None) -> dict[str, torch.Tensor]:

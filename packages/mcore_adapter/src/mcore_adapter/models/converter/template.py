@@ -77,6 +77,8 @@ class UnsupportedModelError(KeyError):
 
 
 _MISSING = object()
+# Fields of older configs that transformers folds into others (rope_parameters).
+LEGACY_HF_CONFIG_KEYS = ("rope_theta", "rope_scaling")
 
 # Megatron fields a template derives from HF's ``rope_parameters`` (see Template._rope_kwargs).
 ROPE_MCA_FIELDS = (
@@ -148,8 +150,24 @@ class Template:
 
     # ------------------------------------------------------------------ config
     def normalized_hf_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
-        """The HF config as transformers reads it (legacy fields such as ``rope_theta`` and
-        ``rope_scaling`` folded into ``rope_parameters``), as a plain dict."""
+        """The HF config as transformers reads it (defaults filled in, legacy fields such as
+        ``rope_theta`` and ``rope_scaling`` folded into ``rope_parameters``), as a plain dict.
+
+        A config that already states every field the template reads, in the current form (as
+        transformers 5 saves them), is used as it is: importing transformers costs seconds, more
+        than converting a small checkpoint takes.
+        """
+        if self._states_every_field(hf_config):
+            return copy.deepcopy(dict(hf_config))
+        return self.transformers_normalized_hf_config(hf_config)
+
+    def _states_every_field(self, hf_config: Mapping[str, Any]) -> bool:
+        if any(key in hf_config for key in LEGACY_HF_CONFIG_KEYS):
+            return False
+        paths = [*self.config_hf_to_mca, *self.hf_config_expect, "rope_parameters.rope_type"]
+        return all(_get_path(hf_config, path) is not _MISSING for path in paths)
+
+    def transformers_normalized_hf_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
         from transformers import AutoConfig as HFAutoConfig
 
         kwargs = {k: v for k, v in hf_config.items() if k != "model_type"}
