@@ -63,6 +63,7 @@ LLAMA_CONFIG = {
     "rms_norm_eps": 1e-5,
     "max_position_embeddings": 4096,
     "hidden_act": "silu",
+    "attention_dropout": 0.0,
     "rope_theta": 10000.0,
     "attention_bias": False,
     "mlp_bias": False,

@@ -108,13 +108,26 @@ def test_complete_configs_skip_transformers_with_the_same_result(model_type):
     assert template.convert_hf_to_mca_config(raw) == expected
 
 
-def test_legacy_and_sparse_configs_go_through_transformers():
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_legacy_rope_fields_are_folded_like_transformers(model_type):
+    """Hub configs written before transformers 5 state rope_theta / rope_scaling."""
+    template = get_template(model_type)
+    legacy = json.loads(tiny_hf_config(model_type).to_json_string(use_diff=False))
+    rope = legacy.pop("rope_parameters")
+    legacy["rope_theta"] = rope.pop("rope_theta")
+    if rope["rope_type"] != "default":
+        legacy["rope_scaling"] = {**rope, "type": rope.pop("rope_type")}
+    expected = template.convert_hf_to_mca_config(template.transformers_normalized_hf_config(legacy))
+    assert template.convert_hf_to_mca_config(legacy) == expected
+
+
+def test_sparse_configs_go_through_transformers():
     template = get_template("qwen2")
-    legacy = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
-    legacy.update(intermediate_size=128, vocab_size=128, rope_theta=12345.0)
-    assert not template._states_every_field(legacy)
-    mca = template.convert_hf_to_mca_config(legacy)
-    assert mca["rotary_base"] == 12345.0  # folded into rope_parameters by transformers
+    sparse = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
+    sparse.update(intermediate_size=128, vocab_size=128, rope_theta=12345.0)
+    assert not template._states_every_field(sparse)
+    mca = template.convert_hf_to_mca_config(sparse)
+    assert mca["rotary_base"] == 12345.0
     assert mca["num_query_groups"] == 32  # transformers' qwen2 default for num_key_value_heads
 
 

@@ -77,8 +77,22 @@ class UnsupportedModelError(KeyError):
 
 
 _MISSING = object()
-# Fields of older configs that transformers folds into others (rope_parameters).
-LEGACY_HF_CONFIG_KEYS = ("rope_theta", "rope_scaling")
+
+
+def _fold_legacy_rope(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the config with pre-transformers-5 ``rope_theta`` / ``rope_scaling`` folded into
+    ``rope_parameters`` as transformers does (hub configs of Llama 3, Qwen 2.5... are written
+    so). Parity with transformers' own folding is tested."""
+    out = copy.deepcopy(dict(hf_config))
+    if "rope_parameters" in out or "rope_theta" not in out:
+        return out
+    scaling = out.pop("rope_scaling", None) or {}
+    rope = {k: v for k, v in scaling.items() if k != "type"}
+    rope["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
+    rope["rope_theta"] = out.pop("rope_theta")
+    out["rope_parameters"] = rope
+    return out
+
 
 # Megatron fields a template derives from HF's ``rope_parameters`` (see Template._rope_kwargs).
 ROPE_MCA_FIELDS = (
@@ -157,13 +171,12 @@ class Template:
         transformers 5 saves them), is used as it is: importing transformers costs seconds, more
         than converting a small checkpoint takes.
         """
-        if self._states_every_field(hf_config):
-            return copy.deepcopy(dict(hf_config))
+        folded = _fold_legacy_rope(hf_config)
+        if self._states_every_field(folded):
+            return folded
         return self.transformers_normalized_hf_config(hf_config)
 
     def _states_every_field(self, hf_config: Mapping[str, Any]) -> bool:
-        if any(key in hf_config for key in LEGACY_HF_CONFIG_KEYS):
-            return False
         paths = [*self.config_hf_to_mca, *self.hf_config_expect, "rope_parameters.rope_type"]
         return all(_get_path(hf_config, path) is not _MISSING for path in paths)
 
