@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, padded_vocab_size
+from .ops import cat
 from .template import MCA_OUTPUT_LAYER, ConversionError, Template
 
 COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", "vocab", "replicated"
@@ -116,7 +117,7 @@ class DistConverter:
             )
         if rule == GATED_COLUMN:
             gate, up = torch.chunk(tensor, 2, dim=0)
-            return [torch.cat(pair, dim=0) for pair in zip(gate.chunk(tp), up.chunk(tp), strict=True)]
+            return [cat(pair, dim=0) for pair in zip(gate.chunk(tp), up.chunk(tp), strict=True)]
         return list(torch.chunk(tensor, tp, dim=dim))
 
     def merge(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -129,8 +130,8 @@ class DistConverter:
             return parts[0]
         if rule == GATED_COLUMN:
             halves = [p.chunk(2, dim=0) for p in parts]
-            return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
-        merged = parts[0] if tp == 1 else torch.cat(parts, dim=1 if rule == ROW else 0)
+            return cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
+        merged = parts[0] if tp == 1 else cat(parts, dim=1 if rule == ROW else 0)
         if rule == VOCAB:
             merged = merged[: self.vocab_size]
         return merged
