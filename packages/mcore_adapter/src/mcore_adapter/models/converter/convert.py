@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import staged_output_dir
-from .dist_converter import DistConverter
+from .dist_converter import GATED_COLUMN, REPLICATED, ROW, VOCAB, DistConverter
 from .hf_io import (
     HF_CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -174,13 +174,38 @@ class McaTorchSource:
                 name = self.dist.canonical_name(chunk, local)
                 if local.endswith("_extra_state") or name is None:
                     continue
-                parts = [r.chunks[key][local] if meta else r.read(key, local) for r in readers]
-                merged = self.dist.merge(name, parts)
+                shards = [r.chunks[key][local] for r in readers]
+                merged = (
+                    self.dist.merge(name, shards) if meta else self._read_merged(name, key, local, readers)
+                )
                 produced.add(name)
                 yield name, merged
                 if advance:
-                    advance(sum(p.numel() * p.element_size() for p in parts))
+                    advance(sum(p.numel() * p.element_size() for p in shards))
         check_complete(self.template, self.op_config, produced)
+
+    def _read_merged(self, name: str, key: str, local: str, readers: list[TorchRankReader]) -> torch.Tensor:
+        """``dist.merge`` of the tensor-parallel slices, reading each slice straight into its
+        place in the merged weight where the slices are row blocks (no concatenation copy)."""
+        rule = self.dist.rule(name)
+        if rule == REPLICATED:
+            return readers[0].read(key, local)
+        shard = readers[0].chunks[key][local]
+        tp = len(readers)
+        if rule == ROW or shard.dim() == 0 or not shard.is_contiguous():
+            return self.dist.merge(name, [r.read(key, local) for r in readers])
+        rows = shard.shape[0]
+        full = torch.empty((rows * tp, *shard.shape[1:]), dtype=shard.dtype)
+        if rule == GATED_COLUMN:  # each slice is [gate rows; up rows]: gates first, then ups
+            half = rows // 2
+            half_bytes = full[:half].numel() * full.element_size()
+            for i, reader in enumerate(readers):
+                reader.read_into(key, local, full[i * half : (i + 1) * half])
+                reader.read_into(key, local, full[(tp + i) * half : (tp + i + 1) * half], half_bytes)
+            return full
+        for i, reader in enumerate(readers):
+            reader.read_into(key, local, full[i * rows : (i + 1) * rows])
+        return full[: self.dist.vocab_size] if rule == VOCAB else full
 
 
 Source = HFSource | McaTorchSource

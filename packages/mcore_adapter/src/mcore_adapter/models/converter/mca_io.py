@@ -229,6 +229,19 @@ class TorchRankReader:
                 raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
         return buffer.view(meta.dtype).as_strided(meta.shape, meta.stride(), meta.storage_offset())
 
+    def read_into(self, key: str, name: str, out: torch.Tensor, byte_offset: int = 0) -> None:
+        """Read ``out.nbytes`` bytes of a stored contiguous tensor, from ``byte_offset`` into it,
+        straight into ``out`` (a contiguous view, e.g. this rank's rows of a merged weight)."""
+        meta = self.chunks[key][name]
+        if not (meta.is_contiguous() and out.is_contiguous()):
+            raise ValueError(f"{key}/{name}: read_into needs contiguous tensors")
+        start = meta.untyped_storage()._checkpoint_offset + meta.storage_offset() * meta.element_size()
+        with open(self.file, "rb") as f:
+            f.seek(start + byte_offset)
+            view = out.view(-1).view(torch.uint8).numpy()
+            if f.readinto(view) != view.nbytes:
+                raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
+
 
 def load_torch_rank(file: Path, vp_stage: int | None = None) -> dict[str, torch.Tensor]:
     reader = TorchRankReader(file)
