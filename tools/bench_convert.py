@@ -12,8 +12,9 @@ shards as on the hub) is generated, then these steps are measured:
 
 Each step runs as its own process and is timed as a whole, imports included, because that is
 what a user waits for: a converter whose startup dominates a 1 GB conversion is slow, however
-fast its inner loop. Peak RSS is the child's ``ru_maxrss`` from ``os.wait4`` (the kernel's
-high-water mark of resident memory, which counts mmapped file pages as well); the anonymous
+fast its inner loop. Peak RSS is the step's ``ru_maxrss`` from ``os.wait4`` (the kernel's
+high-water mark of resident memory, which counts mmapped file pages as well; measured through
+a small runner process, see ``_RUNNER``); the anonymous
 part (``RssAnon``, sampled from ``/proc``) is printed beside it to tell the two apart. The
 floor runs once before the measured runs so that every step reads from a warm page cache,
 and dirty pages are flushed (``os.sync``) before each step.
@@ -39,9 +40,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 GB = 10**9  # throughput and checkpoint sizes: decimal, as disks and the hub count
@@ -194,44 +194,53 @@ class Measure:
     anon: int  # bytes, sampled peak RssAnon
 
 
-@dataclass
-class _Sampler:
-    """Polls a child's /proc status for its peak anonymous RSS (ru_maxrss mixes in file pages)."""
+# Runs a step and reports its peak memory. Each step is started from this small process rather
+# than from the benchmark itself: Linux carries a parent's RSS high-water mark into a forked
+# child's ru_maxrss (the mm is copied at fork and its peak kept across exec), so children of a
+# process that generated a 2 GB checkpoint would all report at least its size.
+_RUNNER = r"""
+import json, os, subprocess, sys, threading
+out, cmd = sys.argv[1], sys.argv[2:]
+proc = subprocess.Popen(cmd)
+peak, stop = [0], threading.Event()
 
-    pid: int
-    peak: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
+def sample():  # ru_maxrss mixes in file pages: sample the anonymous part too
+    path = f"/proc/{proc.pid}/status"
+    while not stop.wait(0.02):
+        try:
+            text = open(path).read()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("RssAnon:"):
+                peak[0] = max(peak[0], int(line.split()[1]) * 1024)
 
-    def run(self) -> None:
-        status = Path(f"/proc/{self.pid}/status")
-        while not self.stop.wait(0.02):
-            try:
-                text = status.read_text()
-            except OSError:
-                return
-            for line in text.splitlines():
-                if line.startswith("RssAnon:"):
-                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+threading.Thread(target=sample, daemon=True).start()
+_, status, usage = os.wait4(proc.pid, 0)
+stop.set()
+with open(out, "w") as f:
+    json.dump({"maxrss": usage.ru_maxrss * 1024, "anon": peak[0], "exit": os.waitstatus_to_exitcode(status)}, f)
+"""
 
 
 def measure(cmd: list[str], log: Path) -> Measure:
-    """Run ``cmd`` as a child process; its wall time and peak memory. Fails loudly on error."""
+    """Run ``cmd`` as a process; its wall time and peak memory. Fails loudly on error."""
     os.sync()  # earlier steps' dirty pages are not this step's to write back
+    report = log.with_suffix(".rss.json")
     with open(log, "wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        sampler = _Sampler(proc.pid)
-        thread = threading.Thread(target=sampler.run, daemon=True)
-        thread.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run(
+            [sys.executable, "-c", _RUNNER, str(report), *map(str, cmd)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
         seconds = time.perf_counter() - start
-        sampler.stop.set()
-        thread.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    result = json.loads(report.read_text())
+    if result["exit"] != 0:
         tail = log.read_text(errors="replace")[-4000:]
-        raise SystemExit(f"step failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
-    return Measure(seconds, usage.ru_maxrss * 1024, sampler.peak)
+        raise SystemExit(f"step failed (exit {result['exit']}): {' '.join(map(str, cmd))}\n{tail}")
+    return Measure(seconds, result["maxrss"], result["anon"])
 
 
 # ---------------------------------------------------------------------- checks and sizes

@@ -185,3 +185,24 @@ def test_mca_to_hf_from_torch_dist_through_the_cli(megatron, tiny_checkpoint, tm
     from mcore_adapter.models.converter.hf_io import HFCheckpoint
 
     assert {t.dtype for _, t in HFCheckpoint(tmp_path / "hf16").tensors()} == {torch.bfloat16}
+
+
+def test_export_yields_the_checkpoint_in_bounded_buckets(megatron, tiny_checkpoint):
+    from mcore_adapter import AutoModel
+    from mcore_adapter.models.converter.hf_io import HFCheckpoint
+    from mcore_adapter.models.model_io import export_hf_buckets
+
+    path = tiny_checkpoint("qwen3")
+    model = AutoModel.from_pretrained(path)
+    source = dict(HFCheckpoint(path).tensors())
+    largest = max(t.numel() * t.element_size() for t in source.values())
+    bucket_bytes = 3 * largest // 2
+    buckets = list(export_hf_buckets([model], bucket_bytes))
+    assert len(buckets) > 2
+    # A bucket closes once it reaches the size, so it overshoots by less than one Megatron weight
+    # (a fused gate+up weight is twice the largest HF tensor).
+    for bucket in buckets:
+        assert sum(t.numel() * t.element_size() for _, t in bucket) < bucket_bytes + 2 * largest
+    exported = dict(pair for bucket in buckets for pair in bucket)
+    assert exported.keys() == source.keys()
+    assert all(torch.equal(exported[name], source[name]) for name in source)

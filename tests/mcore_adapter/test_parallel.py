@@ -151,3 +151,16 @@ def test_every_template_at_every_required_layout():
     for model_type in registered_model_types():
         for name in ("TP2", "PP2", "VPP2", "TP2xPP2"):
             assert (model_type, name) in covered
+
+
+def test_verify_cli_launches_the_ranks_itself(tiny_checkpoint, capsys):
+    from mcore_adapter.cli import main
+
+    path = str(tiny_checkpoint("mistral", True))
+    assert main(["verify", path, "--tp", "2", "--pp", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == "layout=tp2pp2"
+    assert lines[-1].startswith("max_abs_diff=") and float(lines[-1].split("=")[1]) <= PARITY_TOL
+    # A layout Megatron rejects fails before any rank starts.
+    assert main(["verify", path, "--tp", "3"]) == 2
+    assert "num_attention_heads=4 is not divisible by tp=3" in capsys.readouterr().err
