@@ -1,0 +1,103 @@
+"""mrope positions of Qwen2-VL / Qwen2.5-VL against transformers' own ``get_rope_index``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcore_adapter.models.qwen2_vl.rope_index import get_rope_index, mm_token_types
+
+IMAGE, VIDEO, START, END = 151, 152, 153, 154  # token ids of the tiny configs below
+MERGE = 2
+
+
+def hf_model(model_type: str):
+    from transformers import AutoConfig, AutoModel
+
+    text = {"vocab_size": 160, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    text.update(num_attention_heads=2, num_key_value_heads=1)
+    vision = {"depth": 1, "hidden_size": 32, "num_heads": 2, "spatial_merge_size": MERGE}
+    vision.update(
+        {"embed_dim": 16, "mlp_ratio": 2}
+        if model_type == "qwen2_vl"
+        else {"intermediate_size": 32, "out_hidden_size": 32}
+    )
+    config = AutoConfig.for_model(
+        model_type,
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=START,
+        vision_end_token_id=END,
+    )
+    return AutoModel.from_config(config)
+
+
+def sequence(*parts) -> list[int]:
+    """Text runs given as ints (their length), vision inputs as ("image"|"video", grid_thw)."""
+    ids, token = [], 1
+    for part in parts:
+        if isinstance(part, int):
+            ids += list(range(token, token + part))
+            token += part
+        else:
+            kind, (t, h, w) = part
+            ids += [START] + [IMAGE if kind == "image" else VIDEO] * (t * h * w // MERGE**2) + [END]
+    return ids
+
+
+CASES = {
+    "text": ([sequence(7)], None, None),
+    "one image": ([sequence(3, ("image", (1, 4, 6)), 5)], [[1, 4, 6]], None),
+    "two images of different sizes": (
+        [sequence(2, ("image", (1, 4, 4)), 3, ("image", (1, 2, 6)), 2)],
+        [[1, 4, 4], [1, 2, 6]],
+        None,
+    ),
+    "video": ([sequence(4, ("video", (3, 4, 4)), 2)], None, [[3, 4, 4]]),
+    "batch with left padding": (
+        [[0, 0, 0, *sequence(1, ("image", (1, 2, 4)), 2)], sequence(2, ("image", (1, 4, 2)), 1)],
+        [[1, 2, 4], [1, 4, 2]],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_positions_match_transformers(model_type, case):
+    rows, images, videos = CASES[case]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    attention_mask = (torch.arange(width) >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
+    if case == "batch with left padding":
+        attention_mask[0, :3] = 0
+    image_grid = torch.tensor(images) if images else None
+    video_grid = torch.tensor(videos) if videos else None
+    types = mm_token_types(input_ids, IMAGE, VIDEO)
+    model = hf_model(model_type)
+    kwargs = {}
+    intervals = None
+    if model_type == "qwen2_5_vl" and videos:
+        kwargs["second_per_grid_ts"] = torch.tensor([2.0] * len(videos))
+        intervals = [model.config.vision_config.tokens_per_second * 2.0] * len(videos)
+    expected, expected_deltas = model.get_rope_index(
+        input_ids, types, image_grid, video_grid, attention_mask=attention_mask, **kwargs
+    )
+    actual, deltas = get_rope_index(
+        input_ids, types, MERGE, image_grid, video_grid, attention_mask, video_time_intervals=intervals
+    )
+    assert torch.equal(actual, expected)
+    assert torch.equal(deltas, expected_deltas)
+    if intervals:  # control: Qwen2.5-VL's frame spacing is not Qwen2-VL's
+        unspaced, _ = get_rope_index(input_ids, types, MERGE, image_grid, video_grid, attention_mask)
+        assert not torch.equal(unspaced, expected)
+
+
+def test_placeholders_without_a_grid_are_an_error():
+    input_ids = torch.tensor([sequence(2, ("image", (1, 2, 2)), 1)])
+    with pytest.raises(ValueError, match="more image placeholders than image_grid_thw rows"):
+        get_rope_index(input_ids, mm_token_types(input_ids, IMAGE, VIDEO), MERGE)
+    with pytest.raises(ValueError, match="1 placeholder tokens .* gives 4"):
+        get_rope_index(input_ids, mm_token_types(input_ids, IMAGE, VIDEO), MERGE, torch.tensor([[1, 4, 4]]))
