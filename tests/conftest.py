@@ -52,12 +52,13 @@ def record_layout():
 
     def record(model_type: str, tied: bool, layout: str, max_abs_diff: float, passed: bool) -> None:
         key = f"{model_type}-{'tied' if tied else 'untied'}-{layout.replace(' ', '_')}"
+        earlier = results.get(key, {"max_abs_diff": 0.0, "passed": True})  # several inputs, one cell
         results[key] = {
             "model_type": model_type,
             "tied": tied,
             "layout": layout,
-            "max_abs_diff": max_abs_diff,
-            "passed": passed,
+            "max_abs_diff": max(max_abs_diff, earlier["max_abs_diff"]),
+            "passed": passed and earlier["passed"],
         }
 
     yield record

@@ -48,11 +48,54 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# Vision-language models: the text model nests under text_config; 1-2 vision blocks. Token ids
+# sit inside the tiny vocab. head_dim 32 (hidden 128 / 4 heads, 2 KV groups), mrope over 16.
+_VL_TEXT: dict[str, Any] = {
+    "vocab_size": 160,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+}
+VL_TOKENS = {
+    "image_token_id": 151,
+    "video_token_id": 152,
+    "vision_start_token_id": 153,
+    "vision_end_token_id": 154,
+}
+TINY_VL_MODELS: dict[str, dict[str, Any]] = {
+    "qwen2_vl": {
+        "vision_config": {
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 128,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_chans": 3,
+        },
+    },
+}
+
+
 def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrides: Any):
     from transformers import AutoConfig
 
+    if model_type in TINY_VL_MODELS:
+        text = {**_VL_TEXT, **overrides.pop("text_config", {})}
+        kwargs = {**TINY_VL_MODELS[model_type], **VL_TOKENS, "text_config": text}
+        return AutoConfig.for_model(
+            model_type, **kwargs, tie_word_embeddings=tie_word_embeddings, **overrides
+        )
     if model_type not in TINY_MODELS:
-        raise KeyError(f"no tiny model for {model_type!r}; available: {sorted(TINY_MODELS)}")
+        raise KeyError(
+            f"no tiny model for {model_type!r}; available: {sorted(TINY_MODELS) + sorted(TINY_VL_MODELS)}"
+        )
     kwargs = {**_BASE, **TINY_MODELS[model_type], "tie_word_embeddings": tie_word_embeddings, **overrides}
     return AutoConfig.for_model(model_type, **kwargs)
 
@@ -67,11 +110,12 @@ def make_tiny_hf_checkpoint(
     **overrides: Any,
 ) -> Path:
     """Write a tiny random HF checkpoint (config.json + safetensors) to ``path``."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = tiny_hf_config(model_type, tie_word_embeddings, **overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    auto = AutoModelForImageTextToText if model_type in TINY_VL_MODELS else AutoModelForCausalLM
+    model = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, std)

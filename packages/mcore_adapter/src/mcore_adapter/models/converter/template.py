@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ MCA_OUTPUT_LAYER = "output_layer.weight"
 MCA_EXTRA_STATE_SUFFIX = "._extra_state"
 
 # Built-in families, imported on first use of the registry (each registers its template).
-_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl")
 _TEMPLATES: dict[str, Template] = {}
 _builtins_loaded = False
 
@@ -77,6 +78,11 @@ class UnsupportedModelError(KeyError):
 
 
 _MISSING = object()
+
+
+def _as_json(value: Any) -> Any:
+    """The value as mca_config.json gives it back (dict keys become strings)."""
+    return json.loads(json.dumps(value))
 
 
 def _fold_legacy_rope(hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -246,7 +252,7 @@ class Template:
         changed = {
             hf_path: mca_kwargs[mca_field]
             for hf_path, mca_field in self.config_hf_to_mca.items()
-            if mca_field in mca_kwargs and forward.get(mca_field) != mca_kwargs[mca_field]
+            if mca_field in mca_kwargs and _as_json(forward.get(mca_field)) != _as_json(mca_kwargs[mca_field])
         }
         if not changed:
             return copy.deepcopy(dict(hf_config))
