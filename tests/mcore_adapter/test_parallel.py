@@ -14,7 +14,7 @@ import pytest
 from mcore_adapter.launch import launch
 from mcore_adapter.models.converter.convert import convert_hf_to_mca
 from mcore_adapter.models.converter.layout import ParallelLayout
-from mcore_adapter.testing import TINY_MODELS
+from mcore_adapter.testing import TINY_MODELS, TINY_VL_MODELS
 from mcore_adapter.testing.layout_cases import run_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -57,7 +57,8 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
             (t, tie, name, None) for t in types for tie in (False, True) for name in ("TP2", "PP2", "VPP2")
         ]
         specs[0] = (*specs[0][:3], PP2)  # first llama case: saved at TP2, reloaded at PP2
-        return specs
+        # Vision-language: the tower on the first stage, replicated over TP; text and image prompts.
+        return [*specs, ("qwen2_vl", False, "TP2", PP2), ("qwen2_vl", True, "PP2", None)]
     specs = [(t, tie, "TP2xPP2", None) for t in types for tie in (False, True)]
     specs[0] = (*specs[0][:3], TP4)
     specs += [
@@ -74,7 +75,10 @@ def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[s
     cases = []
     for model_type, tie, name, reload in _specs(world):
         layout = NAMES[name]
-        hf_dir = tiny_checkpoint(model_type, tie, num_hidden_layers=4)
+        # 4 layers for VPP2 and PP4 (the vision-language tiny model keeps its 2).
+        hf_dir = tiny_checkpoint(
+            model_type, tie, **({} if model_type in TINY_VL_MODELS else {"num_hidden_layers": 4})
+        )
         case_id = f"{model_type}-{'tied' if tie else 'untied'}-{name.replace(' ', '_')}"
         torch_dir = work / f"{case_id}-torch"
         convert_hf_to_mca(hf_dir, torch_dir, layout=ParallelLayout(**layout), progress=False)

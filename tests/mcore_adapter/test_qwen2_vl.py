@@ -126,3 +126,14 @@ def test_round_trip_with_vision_weights_is_bit_exact(layout, qwen2_vl, tmp_path)
 def test_model_export_is_bit_exact(mca_model, qwen2_vl, tmp_path):
     mca_model.save_pretrained_as_hf(tmp_path / "hf")
     assert compare_hf_dirs(qwen2_vl, tmp_path / "hf") == []
+
+
+def test_verify_cli_text_by_default_and_image_on_request(qwen2_vl, megatron, tiny_checkpoint, capsys):
+    from mcore_adapter.cli import main
+
+    for flags in ([], ["--image"]):
+        assert main(["verify", str(qwen2_vl), *flags]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert float(last.removeprefix("max_abs_diff=")) <= PARITY_TOL
+    assert main(["verify", str(tiny_checkpoint("llama")), "--image"]) == 2
+    assert "--image needs a vision-language checkpoint" in capsys.readouterr().err

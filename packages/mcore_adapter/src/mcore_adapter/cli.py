@@ -102,12 +102,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "error: --ep > 1 needs a model with experts; no MoE template is registered yet", file=sys.stderr
         )
         return 2
-    layout = _layout(args)
-    if layout.tp * layout.pp > 1:  # fail before launching ranks when the layout cannot work
-        from .models.converter.hf_io import read_json
-        from .models.converter.template import get_template
+    from .models.converter.hf_io import read_json
+    from .models.converter.template import get_template
 
-        hf_config = read_json(Path(args.hf_dir) / "config.json")
+    layout = _layout(args)
+    hf_config = read_json(Path(args.hf_dir) / "config.json")
+    if args.image and "vision_config" not in hf_config:
+        raise ConversionError(
+            f"--image needs a vision-language checkpoint; {args.hf_dir} ({hf_config.get('model_type')}) has no vision_config"
+        )
+    if layout.tp * layout.pp > 1:  # fail before launching ranks when the layout cannot work
         layout.validate(get_template(hf_config.get("model_type")).convert_hf_to_mca_config(hf_config))
     layout_kwargs = {
         "tp": layout.tp,
@@ -116,7 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "num_layers_in_first_pipeline_stage": layout.num_layers_in_first_pipeline_stage,
         "num_layers_in_last_pipeline_stage": layout.num_layers_in_last_pipeline_stage,
     }
-    diff = verify(Path(args.hf_dir), layout_kwargs, args.batch_size, args.seq_len)
+    diff = verify(Path(args.hf_dir), layout_kwargs, args.batch_size, args.seq_len, image=args.image)
     print(f"layout={layout.describe()}")
     print(f"max_abs_diff={diff:.6g}")
     return 0 if diff <= args.tol else 1
@@ -187,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tol", type=float, default=1e-4)
     verify.add_argument("--batch-size", type=int, default=2)
     verify.add_argument("--seq-len", type=int, default=16)
+    verify.add_argument(
+        "--image",
+        action="store_true",
+        help="vision-language models: a prompt with one synthetic image (default: text)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     demo = sub.add_parser("demo", help="round trip and parity on a built-in tiny model (no downloads)")

@@ -15,15 +15,58 @@ def random_tokens(vocab_size: int, batch_size: int = 2, seq_len: int = 16, seed:
     return torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
 
 
-def hf_logits(hf_dir: str | os.PathLike, tokens: torch.Tensor) -> torch.Tensor:
-    from transformers import AutoModelForCausalLM
+def hf_logits(hf_dir: str | os.PathLike, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """The HF model's logits (a vision-language checkpoint through its image-text class; its
+    multimodal inputs, if any, in ``inputs``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    from .models.converter.hf_io import HF_CONFIG_NAME, read_json
+
+    vision = "vision_config" in read_json(Path(hf_dir) / HF_CONFIG_NAME)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    hf = auto.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
-        return hf(tokens).logits
+        return hf(tokens, **inputs).logits
 
 
-def megatron_logits(models: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+def text_vocab_size(config: Any) -> int:
+    """Token ids below this are text: a vision-language model's placeholder ids are excluded."""
+    special = [
+        getattr(config, name, None) for name in ("image_token_id", "video_token_id", "vision_start_token_id")
+    ]
+    return min([config.vocab_size, *[i for i in special if i is not None]])
+
+
+def image_prompt(config: Any, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Text, one synthetic image (a 1 x 4 x 6 grid of merged patches' worth of placeholders) and
+    text again, for a vision-language model: the tokens and the multimodal inputs."""
+    vision = config.vision_config
+    merge = int(vision["spatial_merge_size"])
+    grid = [1, 2 * merge, 3 * merge]
+    patches = grid[0] * grid[1] * grid[2]
+    channels = vision.get("in_chans", vision.get("in_channels", 3))
+    patch_dim = channels * vision["temporal_patch_size"] * vision["patch_size"] ** 2
+    text = random_tokens(text_vocab_size(config), 1, 6, seed)
+    image = torch.full((1, patches // merge**2), config.image_token_id)
+    start = torch.full((1, 1), config.vision_start_token_id)
+    tokens = torch.cat([text[:, :3], start, image, text[:, 3:]], dim=1)
+    pixels = torch.randn(patches, patch_dim, generator=torch.Generator().manual_seed(seed))
+    return tokens, {"pixel_values": pixels, "image_grid_thw": torch.tensor([grid])}
+
+
+def hf_inputs(config: Any, tokens: torch.Tensor, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the HF model needs beyond ours: the modality of each token (the processor's output)."""
+    if not inputs:
+        return {}
+    from .models.qwen2_vl.rope_index import mm_token_types
+
+    return {
+        **inputs,
+        "mm_token_type_ids": mm_token_types(tokens, config.image_token_id, config.video_token_id),
+    }
+
+
+def megatron_logits(models: Any, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor | None:
     """Logits on the last pipeline stage, ``None`` elsewhere."""
     from .models.pipeline import forward_logits
 
@@ -31,22 +74,32 @@ def megatron_logits(models: Any, tokens: torch.Tensor) -> torch.Tensor | None:
     for model in models:
         model.eval()
     with torch.no_grad():
-        return forward_logits(models, tokens)
+        return forward_logits(models, tokens, **inputs)
 
 
 def max_abs_diff_with_hf(
-    models: Any, hf_dir: str | os.PathLike, batch_size: int = 2, seq_len: int = 16, seed: int = 0
+    models: Any,
+    hf_dir: str | os.PathLike,
+    batch_size: int = 2,
+    seq_len: int = 16,
+    seed: int = 0,
+    image: bool = False,
 ) -> float:
-    """Max |logits diff| on the same random tokens, agreed by every rank. Collective."""
+    """Max |logits diff| on the same random text tokens (or, with ``image``, a prompt with one
+    synthetic image), agreed by every rank. Collective."""
     import torch.distributed as dist
-
-    tokens = random_tokens(models_config(models).vocab_size, batch_size, seq_len, seed)
-    actual = megatron_logits(models, tokens)
     from megatron.core import parallel_state
 
+    config = models_config(models)
+    if image:
+        tokens, inputs = image_prompt(config, seed)
+    else:
+        tokens, inputs = random_tokens(text_vocab_size(config), batch_size, seq_len, seed), {}
+    actual = megatron_logits(models, tokens, **inputs)
     diff = torch.zeros(())
     if actual is not None and parallel_state.get_tensor_model_parallel_rank() == 0:
-        diff.fill_((actual.float() - hf_logits(hf_dir, tokens)).abs().max())
+        expected = hf_logits(hf_dir, tokens, **hf_inputs(config, tokens, inputs))
+        diff.fill_((actual.float() - expected).abs().max())
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return diff.item()
@@ -56,7 +109,9 @@ def models_config(models: Any):
     return models.config if hasattr(models, "config") else models[0].config
 
 
-def verify_rank(hf_dir: str, layout: dict[str, Any], batch_size: int, seq_len: int, seed: int) -> float:
+def verify_rank(
+    hf_dir: str, layout: dict[str, Any], batch_size: int, seq_len: int, seed: int, image: bool = False
+) -> float:
     """One rank of ``mcore-adapter verify``: build the model at ``layout`` and compare."""
     from . import AutoModel
     from .parallel import initialize_model_parallel
@@ -64,16 +119,21 @@ def verify_rank(hf_dir: str, layout: dict[str, Any], batch_size: int, seq_len: i
     initialize_model_parallel(tp=layout["tp"], pp=layout["pp"], vpp=layout.get("vpp"))
     uneven = {k: v for k, v in layout.items() if k.startswith("num_layers_in_") and v is not None}
     models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
-    return max_abs_diff_with_hf(models, hf_dir, batch_size, seq_len, seed)
+    return max_abs_diff_with_hf(models, hf_dir, batch_size, seq_len, seed, image)
 
 
 def verify(
-    hf_dir: str | os.PathLike, layout: dict[str, Any], batch_size: int = 2, seq_len: int = 16, seed: int = 0
+    hf_dir: str | os.PathLike,
+    layout: dict[str, Any],
+    batch_size: int = 2,
+    seq_len: int = 16,
+    seed: int = 0,
+    image: bool = False,
 ) -> float:
     """Max |logits diff| at ``layout`` (``tp``, ``pp``, ``vpp``, uneven split); more than one
     rank is launched here as local processes (gloo on CPU)."""
     world = layout["tp"] * layout["pp"]
-    args = (str(Path(hf_dir)), layout, batch_size, seq_len, seed)
+    args = (str(Path(hf_dir)), layout, batch_size, seq_len, seed, image)
     if world == 1:
         return verify_rank(*args)
     from .launch import launch

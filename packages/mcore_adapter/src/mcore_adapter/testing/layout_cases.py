@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..verify import hf_logits, megatron_logits, random_tokens
+from ..verify import hf_inputs, hf_logits, image_prompt, megatron_logits, models_config, random_tokens
 from .compare import compare_hf_dirs
 
 
@@ -37,16 +37,24 @@ def _max(value: float) -> float:
     return t.item()
 
 
-def _diffs(models: Any, others: list[Any], hf_dir: str) -> list[float]:
-    """Max |logits - HF logits| of ``models``, then max |logits - logits of other|."""
+def _diffs(models: Any, others: list[Any], hf_dir: str, vision: bool = False) -> list[float]:
+    """Max |logits - HF logits| of ``models`` (text; a text and an image prompt for a vision
+    model), then max |logits - logits of other|."""
     from megatron.core import parallel_state
 
-    tokens = random_tokens(128, seq_len=16)
-    ours = megatron_logits(models, tokens)
-    theirs = [megatron_logits(o, tokens) for o in others]
-    first = ours is not None and parallel_state.get_tensor_model_parallel_rank() == 0
-    values = [(ours - hf_logits(hf_dir, tokens)).abs().max().item() if first else 0.0]
-    values += [(ours - t).abs().max().item() if first else 0.0 for t in theirs]
+    config = models_config(models)
+    prompts = [(random_tokens(128, seq_len=16), {})] + ([image_prompt(config)] if vision else [])
+    first_tp = parallel_state.get_tensor_model_parallel_rank() == 0
+    values = [0.0] * (1 + len(others))
+    for tokens, inputs in prompts:
+        ours = megatron_logits(models, tokens, **inputs)
+        theirs = [megatron_logits(o, tokens, **inputs) for o in others]
+        if ours is None or not first_tp:
+            continue
+        hf_inputs_ = hf_inputs(config, tokens, inputs)
+        values[0] = max(values[0], (ours - hf_logits(hf_dir, tokens, **hf_inputs_)).abs().max().item())
+        for i, t in enumerate(theirs, start=1):
+            values[i] = max(values[i], (ours - t).abs().max().item())
     return [_max(v) for v in values]
 
 
@@ -72,7 +80,8 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     reads: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(reads, len(read))
     from_torch = AutoModel.from_pretrained(case["torch_dir"], dtype=torch.float32)
-    hf_diff, torch_diff = _diffs(models, [from_torch], hf_dir)
+    vision = "vision_config" in HFCheckpoint(hf_dir).config
+    hf_diff, torch_diff = _diffs(models, [from_torch], hf_dir, vision)
     result = {
         **case,
         "max_abs_diff": hf_diff,
@@ -95,7 +104,7 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
         del models, from_torch
         uneven = _init(reload_layout)
         reloaded = AutoModel.from_pretrained(dist_dir, dtype=torch.float32, **uneven)
-        (result["torch_dist_reload_diff"],) = _diffs(reloaded, [], hf_dir)
+        (result["torch_dist_reload_diff"],) = _diffs(reloaded, [], hf_dir, vision)
     return result
 
 
