@@ -12,6 +12,7 @@ import torch
 from mcore_adapter.models.auto import config_auto, modeling_auto
 from mcore_adapter.models.auto.config_auto import register_config
 from mcore_adapter.models.auto.modeling_auto import register_model
+from mcore_adapter.models.common import VISION_CONFIG_HF_TO_MCA
 from mcore_adapter.models.converter import template as template_module
 from mcore_adapter.models.converter.template import (
     QKVBiasConverOp,
@@ -20,9 +21,8 @@ from mcore_adapter.models.converter.template import (
     StackConverOp,
     register_template,
 )
+from mcore_adapter.models.mrope import mm_token_types
 from mcore_adapter.models.qwen2_vl.model import Qwen2VLConfig, Qwen2VLModel
-from mcore_adapter.models.qwen2_vl.rope_index import mm_token_types
-from mcore_adapter.models.qwen2_vl.template import VISION_CONFIG_HF_TO_MCA
 from mcore_adapter.testing import VL_TOKENS, tiny_hf_config
 from mcore_adapter.testing.compare import compare_hf_dirs
 

@@ -58,7 +58,9 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
         ]
         specs[0] = (*specs[0][:3], PP2)  # first llama case: saved at TP2, reloaded at PP2
         # Vision-language: the tower on the first stage, replicated over TP; text and image prompts.
-        return [*specs, ("qwen2_vl", False, "TP2", PP2), ("qwen2_vl", True, "PP2", None)]
+        vision = [("qwen2_vl", False, "TP2", PP2), ("qwen2_vl", True, "PP2", None)]
+        vision += [("qwen2_5_vl", True, "TP2", None), ("qwen2_5_vl", False, "PP2", TP2)]
+        return [*specs, *vision]
     specs = [(t, tie, "TP2xPP2", None) for t in types for tie in (False, True)]
     specs[0] = (*specs[0][:3], TP4)
     specs += [

@@ -1,6 +1,6 @@
-"""Qwen2-VL as a GPTModel subclass with transformers' vision tower: logits parity with
-``Qwen2VLForConditionalGeneration`` for text, images and video, and bit-exact round trips
-that include the vision weights."""
+"""Qwen2-VL and Qwen2.5-VL as GPTModel subclasses with transformers' vision towers: logits
+parity with ``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` for
+text, images and video, and bit-exact round trips that include the vision weights."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from mcore_adapter.models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
 from mcore_adapter.models.converter.layout import ParallelLayout
-from mcore_adapter.models.qwen2_vl.rope_index import mm_token_types
+from mcore_adapter.models.mrope import mm_token_types
 from mcore_adapter.testing import VL_TOKENS
 from mcore_adapter.testing.compare import compare_hf_dirs
 
@@ -50,19 +50,26 @@ CASES = {
 }
 
 
-def inputs(case: str) -> dict:
+def inputs(case: str, model_type: str = "qwen2_vl") -> dict:
     ids, images, videos = CASES[case]
     out = {"input_ids": torch.tensor([ids])}
     if images:
         out.update(pixel_values=pixels(images, 0), image_grid_thw=torch.tensor(images))
     if videos:
         out.update(pixel_values_videos=pixels(videos, 1), video_grid_thw=torch.tensor(videos))
+        if model_type == "qwen2_5_vl":  # frames 1.5 s apart: rope time steps of 3 (2 tokens/s)
+            out.update(second_per_grid_ts=torch.tensor([1.5] * len(videos)))
     return out
 
 
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def model_type(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def qwen2_vl(tiny_checkpoint):
-    return tiny_checkpoint("qwen2_vl")
+def qwen2_vl(model_type, tiny_checkpoint):
+    return tiny_checkpoint(model_type)
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +89,18 @@ def mca_model(qwen2_vl, megatron):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_logits_match_transformers(case, hf_model, mca_model, record_layout):
+def test_logits_match_transformers(case, model_type, hf_model, mca_model, record_layout):
+    from mcore_adapter.models.qwen2_5_vl.model import Qwen2_5_VLModel
     from mcore_adapter.models.qwen2_vl.model import Qwen2VLModel
 
-    assert isinstance(mca_model, Qwen2VLModel)
-    batch = inputs(case)
+    assert type(mca_model) is {"qwen2_vl": Qwen2VLModel, "qwen2_5_vl": Qwen2_5_VLModel}[model_type]
+    batch = inputs(case, model_type)
     types = mm_token_types(batch["input_ids"], IMAGE, VIDEO)
     with torch.no_grad():
         expected = hf_model(**batch, mm_token_type_ids=types).logits
         actual = mca_model(**batch)[..., : expected.shape[-1]]
     diff = (actual - expected).abs().max().item()
-    record_layout("qwen2_vl", False, "TP1", diff, diff <= PARITY_TOL)
+    record_layout(model_type, False, "TP1", diff, diff <= PARITY_TOL)
     assert diff <= PARITY_TOL, f"{case}: max |logits diff| {diff}"
 
 

@@ -25,12 +25,13 @@ def test_every_registered_template_has_a_tiny_fixture():
 
 
 def test_builtin_families_are_registered():
-    assert {"llama", "mistral", "qwen2", "qwen3", "qwen2_vl"} <= set(registered_model_types())
+    assert {"llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl"} <= set(registered_model_types())
 
 
 def test_unknown_model_type_lists_the_supported_ones():
     with pytest.raises(
-        UnsupportedModelError, match=r"'gpt_oss_9000'.*supported: llama, mistral, qwen2, qwen2_vl, qwen3"
+        UnsupportedModelError,
+        match=r"'gpt_oss_9000'.*supported: llama, mistral, qwen2, qwen2_5_vl, qwen2_vl, qwen3",
     ):
         get_template("gpt_oss_9000")
 

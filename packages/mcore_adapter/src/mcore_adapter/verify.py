@@ -58,7 +58,7 @@ def hf_inputs(config: Any, tokens: torch.Tensor, inputs: dict[str, torch.Tensor]
     """What the HF model needs beyond ours: the modality of each token (the processor's output)."""
     if not inputs:
         return {}
-    from .models.qwen2_vl.rope_index import mm_token_types
+    from .models.mrope import mm_token_types
 
     return {
         **inputs,

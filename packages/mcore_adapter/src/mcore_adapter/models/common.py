@@ -66,3 +66,43 @@ def dense_weight_converters(qkv_bias: bool = False, qk_norm: bool = False) -> li
             RenameConverOp(".self_attn.k_norm.weight", ".self_attention.k_layernorm.weight"),
         ]
     return ops
+
+
+# Vision-language models of the Qwen2-VL family: the Qwen2 decoder's fields under text_config,
+# multimodal rope, and the vision side carried whole (its config, the placeholder token ids).
+_VL_TEXT_FIELDS = {
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_attention_heads",
+    "num_key_value_heads": "num_query_groups",
+    "intermediate_size": "ffn_hidden_size",
+    "rms_norm_eps": "layernorm_epsilon",
+    "max_position_embeddings": "max_sequence_length",
+    "vocab_size": "vocab_size",
+    "attention_dropout": "attention_dropout",
+    "rope_parameters.rope_theta": "rotary_base",
+    "rope_parameters.mrope_section": "mrope_section",
+}
+VISION_CONFIG_HF_TO_MCA: dict[str, str] = {
+    **{f"text_config.{hf}": mca for hf, mca in _VL_TEXT_FIELDS.items()},
+    "tie_word_embeddings": "tie_embeddings_and_output_weights",
+    "image_token_id": "image_token_id",
+    "video_token_id": "video_token_id",
+    "vision_start_token_id": "vision_start_token_id",
+    "vision_config": "vision_config",
+}
+VISION_CONSTANT_MCA_CONFIG: dict[str, object] = {
+    **DENSE_CONSTANT_MCA_CONFIG,
+    "add_qkv_bias": True,
+    "position_embedding_type": "mrope",
+}
+VISION_HF_CONFIG_EXPECT: dict[str, object] = {
+    "text_config.hidden_act": "silu",
+    "text_config.use_sliding_window": False,
+}
+
+
+def vision_weight_converters() -> list[ConverOp]:
+    """The Qwen2 decoder's ops (hub names: model.layers.N, lm_head) and the vision tower's
+    weights moved whole from ``visual.`` to the model's ``vision_model.``."""
+    return [*dense_weight_converters(qkv_bias=True), RenameConverOp("visual.{}", "vision_model.{}")]

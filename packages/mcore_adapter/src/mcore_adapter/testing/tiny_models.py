@@ -80,6 +80,22 @@ TINY_VL_MODELS: dict[str, dict[str, Any]] = {
             "in_chans": 3,
         },
     },
+    "qwen2_5_vl": {
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 128,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+            "window_size": 56,  # 2 x 2 merged patches: the tiny images span several windows
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        },
+    },
 }
 
 

@@ -61,7 +61,7 @@ MCA_OUTPUT_LAYER = "output_layer.weight"
 MCA_EXTRA_STATE_SUFFIX = "._extra_state"
 
 # Built-in families, imported on first use of the registry (each registers its template).
-_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl")
+_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl")
 _TEMPLATES: dict[str, Template] = {}
 _builtins_loaded = False
 

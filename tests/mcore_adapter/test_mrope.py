@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcore_adapter.models.qwen2_vl.rope_index import get_rope_index, mm_token_types
+from mcore_adapter.models.mrope import get_rope_index, mm_token_types
 
 IMAGE, VIDEO, START, END = 151, 152, 153, 154  # token ids of the tiny configs below
 MERGE = 2

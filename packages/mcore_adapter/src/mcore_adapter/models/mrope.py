@@ -1,4 +1,4 @@
-"""3-D multimodal rope positions (mrope) of Qwen2-VL and Qwen2.5-VL, computed before forward.
+"""3-D multimodal rope positions (mrope) of the Qwen2-VL family, computed before forward.
 
 Text tokens advance one position on all three axes (temporal, height, width); the tokens of an
 image or video get a (t, h, w) grid of positions starting where the text stopped, and the text
