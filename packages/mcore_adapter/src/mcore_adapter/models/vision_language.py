@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .. import platform
 from .auto.config_auto import _import
 from .model import McaGPTModel
 from .model_config import McaModelConfig
@@ -28,6 +29,9 @@ class VisionLanguageConfig(McaModelConfig):
     image_token_id: int | None = None
     video_token_id: int | None = None
     vision_start_token_id: int | None = None
+    # transformers' attention kernel for the tower; None: eager on CPU (what the parity tests
+    # compare with), sdpa on GPU.
+    vision_attn_implementation: str | None = None
 
 
 class VisionLanguageModel(McaGPTModel):
@@ -49,7 +53,8 @@ class VisionLanguageModel(McaGPTModel):
         vision = dict(config.vision_config or {})
         vision_config = AutoConfig.for_model(vision.pop("model_type"), **vision)
         tower = _import(cls.vision_tower_class)
-        return tower._from_config(vision_config, attn_implementation="eager", dtype=config.params_dtype)
+        attention = config.vision_attn_implementation or ("sdpa" if platform.has_cuda() else "eager")
+        return tower._from_config(vision_config, attn_implementation=attention, dtype=config.params_dtype)
 
     @property
     def spatial_merge_size(self) -> int:
