@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from mcore_adapter.models.mrope import get_rope_index, mm_token_types
+from mcore_adapter.testing import VL_TOKENS, vl_prompt
 
-IMAGE, VIDEO, START, END = 151, 152, 153, 154  # token ids of the tiny configs below
+IMAGE, VIDEO = VL_TOKENS["image_token_id"], VL_TOKENS["video_token_id"]
+START, END = VL_TOKENS["vision_start_token_id"], VL_TOKENS["vision_end_token_id"]
 MERGE = 2
 
 
@@ -34,30 +36,17 @@ def hf_model(model_type: str):
     return AutoModel.from_config(config)
 
 
-def sequence(*parts) -> list[int]:
-    """Text runs given as ints (their length), vision inputs as ("image"|"video", grid_thw)."""
-    ids, token = [], 1
-    for part in parts:
-        if isinstance(part, int):
-            ids += list(range(token, token + part))
-            token += part
-        else:
-            kind, (t, h, w) = part
-            ids += [START] + [IMAGE if kind == "image" else VIDEO] * (t * h * w // MERGE**2) + [END]
-    return ids
-
-
 CASES = {
-    "text": ([sequence(7)], None, None),
-    "one image": ([sequence(3, ("image", (1, 4, 6)), 5)], [[1, 4, 6]], None),
+    "text": ([vl_prompt(7)], None, None),
+    "one image": ([vl_prompt(3, ("image", (1, 4, 6)), 5)], [[1, 4, 6]], None),
     "two images of different sizes": (
-        [sequence(2, ("image", (1, 4, 4)), 3, ("image", (1, 2, 6)), 2)],
+        [vl_prompt(2, ("image", (1, 4, 4)), 3, ("image", (1, 2, 6)), 2)],
         [[1, 4, 4], [1, 2, 6]],
         None,
     ),
-    "video": ([sequence(4, ("video", (3, 4, 4)), 2)], None, [[3, 4, 4]]),
+    "video": ([vl_prompt(4, ("video", (3, 4, 4)), 2)], None, [[3, 4, 4]]),
     "batch with left padding": (
-        [[0, 0, 0, *sequence(1, ("image", (1, 2, 4)), 2)], sequence(2, ("image", (1, 4, 2)), 1)],
+        [[0, 0, 0, *vl_prompt(1, ("image", (1, 2, 4)), 2)], vl_prompt(2, ("image", (1, 4, 2)), 1)],
         [[1, 2, 4], [1, 4, 2]],
         None,
     ),
@@ -96,7 +85,7 @@ def test_positions_match_transformers(model_type, case):
 
 
 def test_placeholders_without_a_grid_are_an_error():
-    input_ids = torch.tensor([sequence(2, ("image", (1, 2, 2)), 1)])
+    input_ids = torch.tensor([vl_prompt(2, ("image", (1, 2, 2)), 1)])
     with pytest.raises(ValueError, match="more image placeholders than image_grid_thw rows"):
         get_rope_index(input_ids, mm_token_types(input_ids, IMAGE, VIDEO), MERGE)
     with pytest.raises(ValueError, match="1 placeholder tokens .* gives 4"):

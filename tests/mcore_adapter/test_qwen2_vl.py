@@ -10,27 +10,13 @@ import torch
 from mcore_adapter.models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
 from mcore_adapter.models.converter.layout import ParallelLayout
 from mcore_adapter.models.mrope import mm_token_types
-from mcore_adapter.testing import VL_TOKENS
+from mcore_adapter.testing import VL_TOKENS, vl_prompt
 from mcore_adapter.testing.compare import compare_hf_dirs
 
 # fp32, eager attention on both sides, and the vision tower is transformers' own module.
 PARITY_TOL = 1e-5
 IMAGE, VIDEO = VL_TOKENS["image_token_id"], VL_TOKENS["video_token_id"]
-START, END = VL_TOKENS["vision_start_token_id"], VL_TOKENS["vision_end_token_id"]
 MERGE, PATCH_DIM = 2, 3 * 2 * 14 * 14  # spatial merge; channels x temporal patch x patch^2
-
-
-def prompt(*parts) -> list[int]:
-    """Text runs as ints (their length), vision inputs as ("image"|"video", (t, h, w))."""
-    ids, token = [], 1
-    for part in parts:
-        if isinstance(part, int):
-            ids += list(range(token, token + part))
-            token += part
-        else:
-            kind, (t, h, w) = part
-            ids += [START] + [IMAGE if kind == "image" else VIDEO] * (t * h * w // MERGE**2) + [END]
-    return ids
 
 
 def pixels(grids, seed):
@@ -39,14 +25,14 @@ def pixels(grids, seed):
 
 
 CASES = {
-    "text only": (prompt(12), [], []),
-    "one image": (prompt(3, ("image", (1, 4, 6)), 5), [(1, 4, 6)], []),
+    "text only": (vl_prompt(12), [], []),
+    "one image": (vl_prompt(3, ("image", (1, 4, 6)), 5), [(1, 4, 6)], []),
     "two images of different sizes": (
-        prompt(2, ("image", (1, 4, 4)), 3, ("image", (1, 2, 6)), 2),
+        vl_prompt(2, ("image", (1, 4, 4)), 3, ("image", (1, 2, 6)), 2),
         [(1, 4, 4), (1, 2, 6)],
         [],
     ),
-    "video": (prompt(4, ("video", (2, 4, 4)), 3), [], [(2, 4, 4)]),
+    "video": (vl_prompt(4, ("video", (2, 4, 4)), 3), [], [(2, 4, 4)]),
 }
 
 

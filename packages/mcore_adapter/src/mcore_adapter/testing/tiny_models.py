@@ -137,3 +137,20 @@ def make_tiny_hf_checkpoint(
             param.normal_(0.0, std)
     model.to(dtype).save_pretrained(path)
     return Path(path)
+
+
+def vl_prompt(*parts: int | tuple[str, tuple[int, int, int]], spatial_merge_size: int = 2) -> list[int]:
+    """Token ids of a vision-language prompt for the tiny models: text runs given as ints (their
+    length), images and videos as ``("image" | "video", (t, h, w))`` patch grids, each wrapped
+    in vision start/end tokens with one placeholder per merged patch."""
+    ids, token = [], 1
+    for part in parts:
+        if isinstance(part, int):
+            ids += list(range(token, token + part))
+            token += part
+            continue
+        kind, (t, h, w) = part
+        placeholder = VL_TOKENS["image_token_id" if kind == "image" else "video_token_id"]
+        ids += [VL_TOKENS["vision_start_token_id"], *[placeholder] * (t * h * w // spatial_merge_size**2)]
+        ids.append(VL_TOKENS["vision_end_token_id"])
+    return ids
