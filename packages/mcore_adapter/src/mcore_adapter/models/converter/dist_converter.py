@@ -148,8 +148,3 @@ class DistConverter:
         padded = tensor.new_zeros((self.padded_vocab_size, *tensor.shape[1:]))
         padded[:rows] = tensor
         return padded
-
-    def shard_shape(self, name: str, shape: torch.Size) -> torch.Size:
-        """The shape one tensor-parallel rank holds (computed without data)."""
-        meta = torch.empty(shape, device="meta")
-        return self.split(name, meta)[0].shape

@@ -39,18 +39,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
-def owns_storage(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor itself if it is contiguous and owns all of its storage, else a compact copy.
-
-    Views produced by ``split``/``chunk`` keep their parent's whole storage alive; saving them
-    as is would write (torch.save) or refuse (safetensors) the shared bytes.
-    """
-    tensor = tensor.contiguous()
-    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
-        tensor = tensor.clone()
-    return tensor
-
-
 class HFCheckpoint:
     """An HF model directory, read lazily: tensors are loaded one at a time, file by file."""
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .hf_io import CheckpointError, owns_storage, read_json, write_json
+from .hf_io import CheckpointError, read_json, write_json
 from .layout import LayoutError, ParallelLayout
 from .template import ConversionError
 
@@ -128,13 +128,6 @@ def chunk_key(vp_stage: int | None) -> str:
 
 def _payload(chunks: dict[str, Any]) -> dict[str, Any]:
     return {**chunks, "checkpoint_version": CHECKPOINT_VERSION, "iteration": ITERATION}
-
-
-def save_torch_rank(file: Path, state_dict: dict[str, torch.Tensor], vp_stage: int | None = None) -> None:
-    """One rank's weights in Megatron-LM's legacy layout (``{"model": ..., "iteration": ...}``)."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    model = {name: owns_storage(t) for name, t in state_dict.items()}
-    torch.save(_payload({chunk_key(vp_stage): model}), file)
 
 
 class TorchRankWriter:
