@@ -91,18 +91,26 @@ VISION_CONFIG_HF_TO_MCA: dict[str, str] = {
     "vision_start_token_id": "vision_start_token_id",
     "vision_config": "vision_config",
 }
-VISION_CONSTANT_MCA_CONFIG: dict[str, object] = {
-    **DENSE_CONSTANT_MCA_CONFIG,
-    "add_qkv_bias": True,
-    "position_embedding_type": "mrope",
-}
-VISION_HF_CONFIG_EXPECT: dict[str, object] = {
-    "text_config.hidden_act": "silu",
-    "text_config.use_sliding_window": False,
-}
 
 
-def vision_weight_converters() -> list[ConverOp]:
-    """The Qwen2 decoder's ops (hub names: model.layers.N, lm_head) and the vision tower's
-    weights moved whole from ``visual.`` to the model's ``vision_model.``."""
-    return [*dense_weight_converters(qkv_bias=True), RenameConverOp("visual.{}", "vision_model.{}")]
+def qwen_vl_template(model_type: str) -> dict[str, object]:
+    """``register_template`` arguments of the Qwen2-VL family: the Qwen2 decoder's ops (hub
+    names: model.layers.N, lm_head) with multimodal rope, and the vision tower's weights moved
+    whole from ``visual.`` to the model's ``vision_model.``. The towers of Qwen2-VL and
+    Qwen2.5-VL differ only inside, which conversion does not see."""
+    return {
+        "hf_model_type": model_type,
+        "config_hf_to_mca": VISION_CONFIG_HF_TO_MCA,
+        "weight_converters": [
+            *dense_weight_converters(qkv_bias=True),
+            RenameConverOp("visual.{}", "vision_model.{}"),
+        ],
+        "hf_layer_prefix": "model.layers.",
+        "constant_mca_config": {
+            **DENSE_CONSTANT_MCA_CONFIG,
+            "add_qkv_bias": True,
+            "position_embedding_type": "mrope",
+        },
+        "hf_invalid_keys": ROTARY_INV_FREQ_KEYS,
+        "hf_config_expect": {"text_config.hidden_act": "silu", "text_config.use_sliding_window": False},
+    }
