@@ -75,10 +75,15 @@ def test_existing_output_is_refused_and_untouched(tiny_checkpoint, tmp_path):
     (dst / "precious.txt").write_text("keep me")
     with pytest.raises(OutputExistsError, match="already exists.*--force"):
         convert_hf_to_mca(tiny_checkpoint("llama"), dst, progress=False)
+    # --force replaces earlier checkpoints only, never a directory of other files.
+    with pytest.raises(OutputExistsError, match=r"holds other files \(precious.txt\)"):
+        convert_hf_to_mca(tiny_checkpoint("llama"), dst, force=True, progress=False)
     assert _snapshot(dst) == {dst.joinpath("precious.txt").relative_to(dst): b"keep me"}
-    convert_hf_to_mca(tiny_checkpoint("llama"), dst, force=True, progress=False)
-    assert not (dst / "precious.txt").exists() and (dst / "mca_config.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging directories left
+    earlier = tmp_path / "earlier"
+    convert_hf_to_mca(tiny_checkpoint("qwen3"), earlier, progress=False)
+    convert_hf_to_mca(tiny_checkpoint("llama"), earlier, force=True, progress=False)
+    assert McaCheckpointMeta.load(earlier).hf_model_type == "llama"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "out"]  # no staging directories left
 
 
 def _copy_checkpoint(src, dst):

@@ -75,7 +75,7 @@ def test_layer_placement_follows_megatron():
             ParallelLayout(pp=3, num_layers_in_first_pipeline_stage=3),
             "the 5 middle layers do not split evenly over 2",
         ),
-        (ParallelLayout(pp=2, num_layers_in_first_pipeline_stage=8), "0 layer.* left for 1 middle"),
+        (ParallelLayout(pp=2, num_layers_in_first_pipeline_stage=8), "first=8 leaves 0 of the model.s 8 layers for the other 1 pipeline stage"),
         (ParallelLayout(num_layers_in_last_pipeline_stage=2), "need pp > 1"),
     ],
 )
@@ -231,12 +231,12 @@ def tp2pp2(tiny_checkpoint, tmp_path):
 
 
 def _reshard_fails(src, tmp_path, error, match):
-    dst = tmp_path / "out"
+    dst = tmp_path / "out"  # an earlier output, which --force would replace
     dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    (dst / "config.json").write_text("{}")
     with pytest.raises(error, match=match):
         reshard_mca(src, dst, ParallelLayout(), force=True, progress=False)
-    assert _snapshot(dst) == {dst.joinpath("keep.txt").relative_to(dst): b"mine"}
+    assert _snapshot(dst) == {dst.joinpath("config.json").relative_to(dst): b"{}"}
 
 
 def test_missing_rank_file_is_a_clear_error(tp2pp2, tmp_path):

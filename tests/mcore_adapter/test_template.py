@@ -14,6 +14,7 @@ from mcore_adapter.models.converter.template import (
     register_template,
     registered_model_types,
 )
+from mcore_adapter.models.converter.template import TOKEN_ID_FIELDS
 from mcore_adapter.testing import TINY_MODELS, TINY_VL_MODELS, tiny_hf_config
 
 MODEL_TYPES = sorted(TINY_MODELS)  # decoder-only; vision-language ones in test_qwen2_vl.py
@@ -85,17 +86,34 @@ def test_config_round_trip_returns_the_original_hf_config(model_type, tie):
     assert changed["rms_norm_eps"] == 1e-3
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_config_built_from_megatron_fields_alone(model_type):
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("model_type", registered_model_types())
+@pytest.mark.parametrize("tie", [False, True])
+def test_hf_config_rebuilt_from_megatron_fields_alone(model_type, tie, tiny_checkpoint):
+    """What Megatron-LM checkpoints keep (no HF config) is enough to rebuild every field that
+    shapes the model, each equal to the original's; the token ids come from the generation
+    config, and without it the rebuild names what it lacks."""
     template = get_template(model_type)
-    hf_config = tiny_hf_config(model_type).to_dict()
-    mca = template.convert_hf_to_mca_config(hf_config)
-    rebuilt = template.convert_mca_to_hf_config(mca, None)
-    for hf_path in template.config_hf_to_mca:
-        top = hf_path.split(".")[0]
-        if top != "rope_parameters":
-            assert rebuilt[top] == hf_config[top], hf_path
-    assert rebuilt["rope_parameters"]["rope_theta"] == hf_config["rope_parameters"]["rope_theta"]
+    original = json.loads((tiny_checkpoint(model_type, tie) / "config.json").read_text())
+    mca = template.convert_hf_to_mca_config(original)
+    token_ids = {name: original.get(name) for name in TOKEN_ID_FIELDS}
+    rebuilt = template.rebuild_hf_config(mca, "float32", token_ids)
+    flat = dict(_leaves(original))  # fields it adds are transformers' defaults, checked below
+    assert {path: value for path, value in _leaves(rebuilt) if flat.get(path, value) != value} == {}
+    assert rebuilt["architectures"] == original["architectures"]
+    assert template.convert_hf_to_mca_config(rebuilt) == mca
+    with pytest.raises(ConversionError, match="lacks bos_token_id, eos_token_id, pad_token_id"):
+        template.rebuild_hf_config(mca, "float32", None)
+    without_eps = {k: v for k, v in mca.items() if k != "layernorm_epsilon"}
+    with pytest.raises(ConversionError, match=r"rms_norm_eps \(Megatron field layernorm_epsilon\)"):
+        template.rebuild_hf_config(without_eps, "float32", token_ids)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

@@ -2,22 +2,29 @@
 
 The offline converter imports neither megatron.core nor transformers' modeling code, so
 ``convert`` is bound by I/O; ``verify``, ``demo`` and the ``torch_dist`` format build models
-and import both.
+and import both. This module imports nothing heavy itself: ``--help`` and argument errors
+answer without importing torch.
+
+Every error about the input (a path, a layout, a checkpoint that does not match its config)
+is one ``error:`` line on stderr and exit status 2, whichever command and rank hit it; the
+user's files are left as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-import tempfile
 from pathlib import Path
 
-from .models.converter.atomic import OutputExistsError
-from .models.converter.hf_io import CheckpointError
-from .models.converter.mca_io import is_mca_dir
-from .models.converter.template import ConversionError, UnsupportedModelError
+from .models.converter.atomic import Interrupted, check_output_dir
+from .models.converter.errors import CheckpointError, UserError
 
-USER_ERRORS = (OutputExistsError, CheckpointError, ConversionError, UnsupportedModelError, FileNotFoundError)
+LAYOUT_FLAGS = ("tp", "pp", "vpp", "num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _layout(args: argparse.Namespace):
@@ -25,57 +32,83 @@ def _layout(args: argparse.Namespace):
 
     if args.ep != 1:
         raise LayoutError(
-            f"--ep {args.ep}: expert parallelism needs a model with experts; no MoE template is registered yet"
+            f"--ep {args.ep}: expert parallelism needs a model with experts; no MoE template is "
+            "registered yet: leave --ep at 1"
         )
     return ParallelLayout(
         tp=args.tp or 1,
         pp=args.pp or 1,
-        vpp=args.vpp,
+        vpp=args.vpp if args.vpp and args.vpp > 1 else None,
         num_layers_in_first_pipeline_stage=args.num_layers_in_first_pipeline_stage,
         num_layers_in_last_pipeline_stage=args.num_layers_in_last_pipeline_stage,
     )
 
 
-def _layout_given(args: argparse.Namespace) -> bool:
-    flags = (
-        args.tp,
-        args.pp,
-        args.vpp,
-        args.num_layers_in_first_pipeline_stage,
-        args.num_layers_in_last_pipeline_stage,
+def _layout_given(args: argparse.Namespace) -> list[str]:
+    return [_flag(name) for name in LAYOUT_FLAGS if getattr(args, name) is not None]
+
+
+def _source_kind(src: Path) -> str:
+    """ "hf" or "mca", from the files; anything else is an error that says what was found."""
+    if not src.exists():
+        raise CheckpointError(f"{src} does not exist; give the directory of an HF or MCA checkpoint")
+    if not src.is_dir():
+        raise CheckpointError(f"{src} is a file; give the directory of an HF or MCA checkpoint")
+    if (src / "mca_config.json").is_file():
+        return "mca"
+    if (src / "config.json").is_file():
+        return "hf"
+    found = sorted(p.name for p in src.iterdir())[:8]
+    raise CheckpointError(
+        f"{src} holds neither config.json (an HF checkpoint) nor mca_config.json (an MCA "
+        f"checkpoint); found {found}"
     )
-    return any(flag is not None for flag in flags)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """HF -> MCA, MCA -> HF, or MCA -> MCA (an MCA source with a layout or --format given)."""
+    src, dst = Path(args.src), Path(args.dst)
+    check_output_dir(dst, args.force, [src])  # before reading anything
+    kind = _source_kind(src)
+    layout_flags = _layout_given(args)
+    if args.format == "torch_dist" and layout_flags:
+        raise UserError(
+            f"{', '.join(layout_flags)} describe the layout of a 'torch' checkpoint; 'torch_dist' is "
+            "layout-free (Megatron reshards it on load): drop them, or write --format torch"
+        )
+    if kind == "hf" and args.hf_config:
+        raise UserError(
+            f"--hf-config supplies the HF config of an MCA checkpoint that lacks one; {src} is an HF "
+            "checkpoint with its own config.json: drop --hf-config"
+        )
+    layout = _layout(args)
+
     from .models.converter import convert
+    from .models.converter.hf_io import read_json
     from .models.converter.mca_io import McaCheckpointMeta
 
-    src, dst = Path(args.src), Path(args.dst)
-    if not src.is_dir():
-        raise CheckpointError(f"{src} is not a directory")
-    layout = _layout(args)
-    src_format = McaCheckpointMeta.load(src).checkpoint_format if is_mca_dir(src) else "hf"
-    to_mca = src_format == "hf" or _layout_given(args) or args.format is not None
+    hf_config = read_json(Path(args.hf_config)) if args.hf_config else None
+    src_format = McaCheckpointMeta.load(src, hf_config).checkpoint_format if kind == "mca" else "hf"
+    to_mca = src_format == "hf" or bool(layout_flags) or args.format is not None
     out_format = (args.format or "torch") if to_mca else "hf"
     kw = {"dtype": args.dtype, "force": args.force}
     if src_format != "torch_dist" and out_format != "torch_dist":  # offline, torch + safetensors only
         if out_format == "hf":
-            convert.convert_mca_to_hf(src, dst, **kw)
+            convert.convert_mca_to_hf(src, dst, hf_config=hf_config, **kw)
         elif src_format == "hf":
             convert.convert_hf_to_mca(src, dst, layout, **kw)
         else:
-            convert.reshard_mca(src, dst, layout, **kw)
+            convert.reshard_mca(src, dst, layout, hf_config=hf_config, **kw)
     else:  # torch_dist is megatron-core's dist_checkpointing: read and written by a built model
-        _convert_through_model(src, dst, out_format, layout, args)
-    print(
-        f"{src_format} -> {out_format}{f' ({layout.describe()})' if out_format == 'torch' else ''}: {src} -> {dst}"
-    )
+        _convert_through_model(src, dst, out_format, layout, args, hf_config)
+    where = f" ({layout.describe()})" if out_format == "torch" else ""
+    print(f"{src_format} -> {out_format}{where}: {src} -> {dst}")
     return 0
 
 
-def _convert_through_model(src: Path, dst: Path, out_format: str, layout, args: argparse.Namespace) -> None:
+def _convert_through_model(
+    src: Path, dst: Path, out_format: str, layout, args: argparse.Namespace, hf_config
+) -> None:
     """Conversions from or to ``torch_dist``, in one process: the model is built whole
     (world size 1) and written in the requested form. ``torch_dist`` itself is layout-free."""
     from . import AutoModel
@@ -83,11 +116,13 @@ def _convert_through_model(src: Path, dst: Path, out_format: str, layout, args: 
     from .models.model_io import ModelSource
 
     dtype = parse_dtype(args.dtype)
+    overrides = {"hf_config": hf_config} if hf_config is not None else {}
     if out_format == "hf":
-        overrides = {"hf_weight_dtype": dtype_name(dtype)} if dtype else {}
+        if dtype:
+            overrides["hf_weight_dtype"] = dtype_name(dtype)
         AutoModel.from_pretrained(src, **overrides).save_pretrained_as_hf(dst, force=args.force)
         return
-    model = AutoModel.from_pretrained(src, **({"dtype": dtype} if dtype else {}))
+    model = AutoModel.from_pretrained(src, **overrides, **({"dtype": dtype} if dtype else {}))
     if out_format == "torch_dist":
         model.save_pretrained(dst, force=args.force)
     else:
@@ -95,24 +130,29 @@ def _convert_through_model(src: Path, dst: Path, out_format: str, layout, args: 
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    hf_dir = Path(args.hf_dir)
+    kind = _source_kind(hf_dir)
+    if kind == "mca":
+        raise UserError(
+            f"verify compares against transformers, which reads HF checkpoints; {hf_dir} is an MCA "
+            f"checkpoint: export it first (mcore-adapter convert {hf_dir} HF_DIR) and verify HF_DIR"
+        )
+    layout = _layout(args)
+
+    from .models.converter.convert import HFSource
+
+    source = HFSource(hf_dir)
+    if args.image and "vision_config" not in source.ckpt.config:
+        raise UserError(
+            f"--image needs a vision-language checkpoint; {hf_dir} ({source.template.hf_model_type}) "
+            "has no vision_config: drop --image"
+        )
+    layout.validate(source.mca_kwargs)  # before any rank starts
+    for _ in source.weights(meta=True):  # every header against the config, before any rank starts
+        pass
+
     from .verify import verify
 
-    if args.ep != 1:
-        print(
-            "error: --ep > 1 needs a model with experts; no MoE template is registered yet", file=sys.stderr
-        )
-        return 2
-    from .models.converter.hf_io import read_json
-    from .models.converter.template import get_template
-
-    layout = _layout(args)
-    hf_config = read_json(Path(args.hf_dir) / "config.json")
-    if args.image and "vision_config" not in hf_config:
-        raise ConversionError(
-            f"--image needs a vision-language checkpoint; {args.hf_dir} ({hf_config.get('model_type')}) has no vision_config"
-        )
-    if layout.tp * layout.pp > 1:  # fail before launching ranks when the layout cannot work
-        layout.validate(get_template(hf_config.get("model_type")).convert_hf_to_mca_config(hf_config))
     layout_kwargs = {
         "tp": layout.tp,
         "pp": layout.pp,
@@ -120,7 +160,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "num_layers_in_first_pipeline_stage": layout.num_layers_in_first_pipeline_stage,
         "num_layers_in_last_pipeline_stage": layout.num_layers_in_last_pipeline_stage,
     }
-    diff = verify(Path(args.hf_dir), layout_kwargs, args.batch_size, args.seq_len, image=args.image)
+    diff = verify(hf_dir, layout_kwargs, args.batch_size, args.seq_len, image=args.image)
     print(f"layout={layout.describe()}")
     print(f"max_abs_diff={diff:.6g}")
     return 0 if diff <= args.tol else 1
@@ -128,6 +168,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """HF -> MCA -> HF on a built-in tiny model, then Megatron vs HF logits."""
+    import tempfile
+
     from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
     from .testing import make_tiny_hf_checkpoint
     from .testing.compare import compare_hf_dirs
@@ -148,69 +190,197 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0 if not problems and diff <= args.tol else 1
 
 
+# ---------------------------------------------------------------------- arguments
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the form of every other user error: one ``error:`` line
+    (usage stays one ``--help`` away), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def _add_layout_args(parser: argparse.ArgumentParser, what: str) -> None:
     group = parser.add_argument_group("parallel layout", what)
-    group.add_argument("--tp", type=int, default=None, help="tensor-parallel size")
-    group.add_argument("--pp", type=int, default=None, help="pipeline-parallel size")
-    group.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per pipeline rank")
-    group.add_argument("--num-layers-in-first-pipeline-stage", type=int, default=None)
-    group.add_argument("--num-layers-in-last-pipeline-stage", type=int, default=None)
-    group.add_argument("--ep", type=int, default=1, help="expert-parallel size (models with experts)")
+    group.add_argument(
+        "--tp", type=_positive, metavar="N", help="tensor-parallel size: heads split over N ranks (default 1)"
+    )
+    group.add_argument(
+        "--pp",
+        type=_positive,
+        metavar="N",
+        help="pipeline-parallel size: layers split over N stages (default 1)",
+    )
+    group.add_argument(
+        "--vpp",
+        type=_positive,
+        metavar="N",
+        help="virtual pipeline stages per pipeline rank, for Megatron's interleaved schedule (needs "
+        "--pp >= 2; default: none)",
+    )
+    group.add_argument(
+        "--num-layers-in-first-pipeline-stage",
+        type=_positive,
+        metavar="N",
+        help="uneven pipeline: layers of the first stage (Megatron's option); the rest split evenly",
+    )
+    group.add_argument(
+        "--num-layers-in-last-pipeline-stage",
+        type=_positive,
+        metavar="N",
+        help="uneven pipeline: layers of the last stage (Megatron's option)",
+    )
+    group.add_argument(
+        "--ep",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="expert-parallel size (models with experts; none is registered yet, so 1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mcore-adapter", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="mcore-adapter",
+        description="Convert checkpoints between Hugging Face and Megatron-Core, check a conversion "
+        "against transformers, or run the built-in tiny demo.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     convert = sub.add_parser(
         "convert",
-        help="HF -> MCA, MCA -> HF, MCA -> MCA (an MCA dir holds mca_config.json; with an MCA "
-        "source, layout flags or --format ask for MCA output)",
+        help="HF -> MCA, MCA -> HF, MCA -> MCA",
+        description="Convert a checkpoint. The direction follows SRC: an HF directory (config.json + "
+        "safetensors) becomes an MCA directory; an MCA directory (mca_config.json) becomes an HF "
+        "directory, or, with layout flags or --format, an MCA directory in another layout or format. "
+        "DST is written whole or not at all: it appears when the conversion is complete.",
     )
-    convert.add_argument("src")
-    convert.add_argument("dst")
+    convert.add_argument("src", metavar="SRC", help="the checkpoint directory to read (HF or MCA)")
+    convert.add_argument(
+        "dst",
+        metavar="DST",
+        help="the directory to write; must not exist (see --force), nor be, contain or lie inside SRC",
+    )
     convert.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "fp16"],
         default=None,
-        help="weight dtype of the output (default: keep the source's)",
+        help="weight dtype of the output. Default: keep the source's; MCA -> HF writes the dtype the HF "
+        "checkpoint had (recorded in mca_config.json)",
     )
     convert.add_argument(
         "--format",
         choices=["torch", "torch_dist"],
         default=None,
-        help="MCA weight format to write (default: torch); with an MCA source it asks for MCA output",
+        help="MCA weight format to write: torch = Megatron-LM's per-rank files for one layout (default, "
+        "written with torch alone); torch_dist = megatron-core's dist_checkpointing, layout-free. With "
+        "an MCA source it asks for MCA output",
     )
-    _add_layout_args(convert, "layout of the MCA output (with an MCA source: reshard to it)")
-    convert.add_argument("--force", action="store_true", help="replace DST if it exists")
+    convert.add_argument(
+        "--hf-config",
+        metavar="PATH",
+        default=None,
+        help="MCA sources: the model's HF config.json, for a checkpoint that keeps none and whose HF "
+        "config cannot be rebuilt from its Megatron config alone (checked against it)",
+    )
+    _add_layout_args(convert, "the layout of the MCA output (with an MCA source: reshard to it)")
+    convert.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DST if it holds an earlier checkpoint (never the source, never a directory of other files)",
+    )
     convert.set_defaults(func=cmd_convert)
 
-    verify = sub.add_parser("verify", help="compare Megatron and HF logits for an HF checkpoint")
-    verify.add_argument("hf_dir")
-    _add_layout_args(verify, "layout to build the Megatron model in; more than one rank is launched locally")
-    verify.add_argument("--tol", type=float, default=1e-4)
-    verify.add_argument("--batch-size", type=int, default=2)
-    verify.add_argument("--seq-len", type=int, default=16)
+    verify = sub.add_parser(
+        "verify",
+        help="compare Megatron and HF logits for an HF checkpoint",
+        description="Build the Megatron model from an HF checkpoint, run it and the transformers model "
+        "(fp32, eager attention) on the same tokens and print max_abs_diff=<float> as the last line; "
+        "exit 1 above --tol. With more than one rank the ranks are launched here (gloo on CPU).",
+    )
+    verify.add_argument(
+        "hf_dir",
+        metavar="HF_DIR",
+        help="an HF checkpoint directory (config.json + safetensors); an MCA checkpoint must be "
+        "exported to HF first",
+    )
+    _add_layout_args(verify, "the layout to build the Megatron model in; tp x pp ranks are launched locally")
+    verify.add_argument(
+        "--tol",
+        type=_positive_float,
+        default=1e-4,
+        help="largest max |logits diff| that passes (default 1e-4)",
+    )
+    verify.add_argument("--batch-size", type=_positive, default=2, help="random token sequences (default 2)")
+    verify.add_argument("--seq-len", type=_positive, default=16, help="tokens per sequence (default 16)")
     verify.add_argument(
         "--image",
         action="store_true",
-        help="vision-language models: a prompt with one synthetic image (default: text)",
+        help="vision-language models: a prompt with one synthetic image (default: text tokens)",
     )
     verify.set_defaults(func=cmd_verify)
 
-    demo = sub.add_parser("demo", help="round trip and parity on a built-in tiny model (no downloads)")
-    demo.add_argument("--model-type", default="llama")
+    demo = sub.add_parser(
+        "demo",
+        help="round trip and parity on a built-in tiny model (no downloads)",
+        description="HF -> MCA -> HF on a built-in tiny random model (bit-exact check), then verify.",
+    )
+    demo.add_argument("--model-type", default="llama", help="which built-in tiny model (default llama)")
     demo.add_argument("--workdir", default=None, help="keep the files here instead of a temporary dir")
-    demo.add_argument("--tol", type=float, default=1e-5)
+    demo.add_argument("--tol", type=_positive_float, default=1e-5, help="parity tolerance (default 1e-5)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Log lines to whatever ``sys.stderr`` is when they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
+def _configure_output() -> None:
+    """Stage lines of the converter (``logging``) to stderr, without logging's decorations."""
+    logger = logging.getLogger("mcore_adapter")
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_output()
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (Interrupted, KeyboardInterrupt) as e:
+        what = e if isinstance(e, Interrupted) else "interrupted (SIGINT)"
+        print(f"error: {what}; the partial output was removed, the source is untouched", file=sys.stderr)
+        return 128 + (e.signum if isinstance(e, Interrupted) else 2)
+    except OSError as e:  # disk full, permission denied...: the system's words are the message
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,10 @@ environment, gloo on CPU), and collect what each rank returns.
 
 ``verify --tp/--pp`` and the distributed tests use it, so a user needs no launcher of their
 own. ``fn`` must be importable by module path (spawned processes import it afresh).
+
+A rank that fails on bad input (a ``UserError``) stops the job, and that one error is raised
+here, as if the function had run in this process: the user reads one ``error:`` line, not a
+traceback per rank.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 
 def _free_port() -> int:
@@ -36,10 +42,16 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out: s
     import torch
     import torch.distributed as dist
 
+    from .models.converter.errors import UserError
+
     # Ranks share the machine's cores: one thread each avoids oversubscription.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         result = fn(*args)
+    except UserError as e:
+        with open(Path(out) / f"{rank}.error.pkl", "wb") as f:
+            pickle.dump(e, f)
+        sys.exit(2)  # not an exception: torch would pickle its traceback for the parent to print
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -51,13 +63,20 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     """Run ``fn(*args)`` on ``world_size`` ranks; returns each rank's result, by rank. A rank's
     exception is raised here with its traceback."""
     with tempfile.TemporaryDirectory(prefix="mcore-adapter-launch-") as out:
-        mp.start_processes(
-            _entry,
-            args=(fn, world_size, _free_port(), out, args),
-            nprocs=world_size,
-            join=True,
-            start_method="spawn",
-        )
+        try:
+            mp.start_processes(
+                _entry,
+                args=(fn, world_size, _free_port(), out, args),
+                nprocs=world_size,
+                join=True,
+                start_method="spawn",
+            )
+        except ProcessException:
+            errors = sorted(Path(out).glob("*.error.pkl"), key=lambda p: int(p.name.split(".")[0]))
+            if not errors:
+                raise
+            with open(errors[0], "rb") as f:
+                raise pickle.load(f) from None
         results = []
         for rank in range(world_size):
             with open(Path(out) / f"{rank}.pkl", "rb") as f:

@@ -33,6 +33,29 @@ DENSE_CONSTANT_MCA_CONFIG: dict[str, object] = {
 # What a dense template assumes of the HF config; anything else is a different model.
 DENSE_HF_CONFIG_EXPECT: dict[str, object] = {"hidden_act": "silu"}
 
+
+def derived_head_dim(config) -> int:
+    return config["hidden_size"] // config["num_attention_heads"]
+
+
+def dense_hf_config_defaults(**family: object) -> dict[str, object]:
+    """transformers' defaults of the fields a dense template reads, for hub configs that leave
+    some out (most lack ``head_dim``, many ``attention_bias`` or ``attention_dropout``); a
+    family gives its own where its config class differs. Checked against transformers for
+    every template (tests/mcore_adapter/test_template.py)."""
+    return {
+        "head_dim": derived_head_dim,
+        "num_key_value_heads": lambda config: config["num_attention_heads"],
+        "attention_dropout": 0.0,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "rope_parameters.rope_type": "default",
+        "rope_parameters.rope_theta": 10000.0,
+        **family,
+    }
+
+
 # Non-persistent rotary caches that some older exports still contain.
 ROTARY_INV_FREQ_KEYS = [".self_attn.rotary_emb.inv_freq", "model.rotary_emb.inv_freq"]
 
@@ -93,7 +116,7 @@ VISION_CONFIG_HF_TO_MCA: dict[str, str] = {
 }
 
 
-def qwen_vl_template(model_type: str) -> dict[str, object]:
+def qwen_vl_template(model_type: str, architecture: str) -> dict[str, object]:
     """``register_template`` arguments of the Qwen2-VL family: the Qwen2 decoder's ops (hub
     names: model.layers.N, lm_head) with multimodal rope, and the vision tower's weights moved
     whole from ``visual.`` to the model's ``vision_model.``. The towers of Qwen2-VL and
@@ -113,4 +136,5 @@ def qwen_vl_template(model_type: str) -> dict[str, object]:
         },
         "hf_invalid_keys": ROTARY_INV_FREQ_KEYS,
         "hf_config_expect": {"text_config.hidden_act": "silu", "text_config.use_sliding_window": False},
+        "hf_architecture": architecture,
     }

@@ -13,21 +13,8 @@ from megatron.core.transformer import TransformerConfig
 
 from .converter.layout import DEFAULT_VOCAB_DIVISOR, LAYOUT_FIELDS, padded_vocab_size
 from .converter.mca_io import McaCheckpointMeta
-from .converter.template import get_template
+from .converter.template import ARCH_FIELDS, get_template
 
-# Architecture fields every GPT checkpoint records, whether or not its template sets them.
-_ARCH_FIELDS = (
-    "hf_model_type",
-    "num_layers",
-    "hidden_size",
-    "num_attention_heads",
-    "num_query_groups",
-    "kv_channels",
-    "ffn_hidden_size",
-    "vocab_size",
-    "padded_vocab_size",
-    "make_vocab_size_divisible_by",
-)
 _UNEVEN_FIELDS = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
 _PARALLEL_FIELDS = (*LAYOUT_FIELDS, "expert_model_parallel_size", "sequence_parallel")
 
@@ -101,7 +88,7 @@ class McaModelConfig(TransformerConfig):
         """What mca_config.json keeps: the architecture fields the template defines (runtime
         choices such as dtype, initialization or recompute are not part of a checkpoint) and
         the parallel layout the weights were saved in."""
-        names = dict.fromkeys([*_ARCH_FIELDS, *get_template(self.hf_model_type).mca_fields()])
+        names = dict.fromkeys([*ARCH_FIELDS, *get_template(self.hf_model_type).mca_fields()])
         out = {name: getattr(self, name) for name in names}
         out.update({name: getattr(self, name) for name in _PARALLEL_FIELDS})
         return out

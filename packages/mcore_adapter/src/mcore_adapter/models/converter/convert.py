@@ -18,8 +18,11 @@ writing ``torch_dist`` needs a built model and goes through ``AutoModel`` (see t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .atomic import staged_output_dir
+from .atomic import check_output_dir, staged_output_dir
 from .dist_converter import GATED_COLUMN, REPLICATED, ROW, VOCAB, DistConverter
 from .hf_io import (
     HF_CONFIG_NAME,
@@ -48,6 +51,7 @@ from .mca_io import (
     iteration_dir,
     torch_rank_file,
 )
+from .shapes import Problems, ShapeCheck, describe
 from .template import ConversionError, ConversionReport, Template, get_template
 
 # Files a conversion writes itself; every other top-level non-weight file travels along.
@@ -55,6 +59,7 @@ _WRITTEN_BY_CONVERSION = {HF_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, MCA_CONFIG_NA
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".tmp"}
 
 Weights = Iterator[tuple[str, torch.Tensor]]
+logger = logging.getLogger("mcore_adapter")
 
 
 def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
@@ -87,14 +92,29 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
         raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}") from None
 
 
-def check_complete(template: Template, op_config, produced: set[str]) -> None:
+def check_complete(template: Template, op_config, produced: set[str], problems: Problems) -> None:
     expected = template.expected_mca_names(op_config.num_layers, op_config.tie_embeddings_and_output_weights)
     missing = expected - produced
     if missing:
-        raise ConversionError(
+        problems.add(
             f"the checkpoint lacks the tensors for {len(missing)} Megatron parameter(s), "
             f"e.g. {sorted(missing)[:5]}; it is incomplete or does not match its config"
         )
+
+
+def _config_hint(kwargs: dict[str, Any], where: str) -> str:
+    fields = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")
+    fields += ("kv_channels", "vocab_size")
+    stated = ", ".join(f"{f}={kwargs[f]}" for f in fields if kwargs.get(f) is not None)
+    return (
+        f"the expected shapes follow from {where} ({stated}): the weights were saved transposed or "
+        "belong to another config"
+    )
+
+
+def _raise(problems: Problems, path: Path, hint: str) -> None:
+    if problems:
+        raise ConversionError(problems.message(f"{path} does not match its config", hint))
 
 
 # ---------------------------------------------------------------------- sources
@@ -112,21 +132,37 @@ class HFSource:
         self.report = ConversionReport()
 
     def weights(self, meta: bool = False, advance: Callable[[int], Any] | None = None) -> Weights:
-        mapper = self.template.mapper(self.op_config, to_mca=True)
-        for name, tensor in self.ckpt.tensors(meta=meta):
+        """The canonical weights. With ``meta`` (the dry run) every tensor's header is checked
+        against the config, and all problems are raised together once every header is read."""
+        if not meta:
+            mapper = self.template.mapper(self.op_config, to_mca=True)
+            for name, tensor in self.ckpt.tensors():
+                yield from mapper.push(name, tensor)
+                if advance:
+                    advance(tensor.numel() * tensor.element_size())
+            self.report = mapper.finish()
+            return
+        problems = Problems()
+        shapes = ShapeCheck(self.template, self.mca_kwargs)
+        mapper = self.template.mapper(self.op_config, to_mca=True, problems=problems)
+        for name, tensor in self.ckpt.tensors(meta=True):
+            expected = shapes.hf_shape(name)
+            if expected is not None and tuple(tensor.shape) != expected:
+                problems.add(f"{name}: {describe(expected, tuple(tensor.shape))}")
+                tensor = torch.empty(expected, dtype=tensor.dtype, device="meta")
             yield from mapper.push(name, tensor)
-            if advance:
-                advance(tensor.numel() * tensor.element_size())
         self.report = mapper.finish()
-        check_complete(self.template, self.op_config, self.report.produced)
+        check_complete(self.template, self.op_config, self.report.produced, problems)
+        _raise(problems, self.path, _config_hint(self.mca_kwargs, "config.json"))
 
 
 class McaTorchSource:
-    """Canonical weights from an MCA checkpoint in ``torch`` format (any layout)."""
+    """Canonical weights from an MCA checkpoint in ``torch`` format (any layout), ours or one
+    written by ROLL's mcore_adapter; ``hf_config`` supplies an HF config the checkpoint lacks."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, hf_config: dict[str, Any] | None = None):
         self.path = Path(path)
-        meta = McaCheckpointMeta.load(path)
+        meta = self.meta = McaCheckpointMeta.load(path, hf_config)
         if meta.checkpoint_format != "torch":
             raise CheckpointError(
                 f"{path} is in {meta.checkpoint_format!r} format, which only a built model reads; "
@@ -165,7 +201,12 @@ class McaTorchSource:
                 )
 
     def weights(self, meta: bool = False, advance: Callable[[int], Any] | None = None) -> Weights:
+        """The canonical weights, each merged from its tensor-parallel slices. With ``meta``
+        (the dry run) every slice's shape is checked against the config, and all problems are
+        raised together once every rank file's header is read."""
         produced: set[str] = set()
+        problems = Problems()
+        shapes = ShapeCheck(self.template, self.mca_kwargs)
         tp = self.dist.layout.tp
         for chunk in self.dist.layout.chunks:
             key = chunk_key(chunk.vp_stage)
@@ -175,14 +216,42 @@ class McaTorchSource:
                 if local.endswith("_extra_state") or name is None:
                     continue
                 shards = [r.chunks[key][local] for r in readers]
-                merged = (
-                    self.dist.merge(name, shards) if meta else self._read_merged(name, key, local, readers)
-                )
+                if meta:
+                    merged = self._check_slices(name, key, local, readers, shapes, problems)
+                else:
+                    merged = self._read_merged(name, key, local, readers)
                 produced.add(name)
                 yield name, merged
                 if advance:
                     advance(sum(p.numel() * p.element_size() for p in shards))
-        check_complete(self.template, self.op_config, produced)
+        if meta:
+            check_complete(self.template, self.op_config, produced, problems)
+            _raise(problems, self.path, _config_hint(self.mca_kwargs, MCA_CONFIG_NAME))
+
+    def _check_slices(
+        self, name: str, key: str, local: str, readers: list[TorchRankReader], shapes: ShapeCheck, problems
+    ) -> torch.Tensor:
+        """The merged weight as a meta tensor, after checking each rank's slice against the
+        slice of the shape the config implies."""
+        shards = [r.chunks[key][local] for r in readers]
+        dtypes = {s.dtype for s in shards}
+        if len(dtypes) > 1:
+            problems.add(
+                f"{key}/{local}: the tensor-parallel slices have different dtypes {sorted(map(str, dtypes))}"
+            )
+        expected = shapes.mca_shape(name)
+        if expected is None:
+            try:
+                return self.dist.merge(name, shards)
+            except (ValueError, RuntimeError) as e:
+                problems.add(f"{key}/{local}: the tensor-parallel slices do not fit together: {e}")
+                return shards[0]
+        full = torch.empty(expected, dtype=shards[0].dtype, device="meta")
+        for reader, shard, part in zip(readers, shards, self.dist.split(name, full), strict=True):
+            if shard.shape != part.shape:
+                where = reader.file.relative_to(self.path)
+                problems.add(f"{where} {key}/{local}: {describe(tuple(part.shape), tuple(shard.shape))}")
+        return full
 
     def _read_merged(self, name: str, key: str, local: str, readers: list[TorchRankReader]) -> torch.Tensor:
         """``dist.merge`` of the tensor-parallel slices, reading each slice straight into its
@@ -218,8 +287,31 @@ def open_source(path: str | os.PathLike) -> Source:
 
 
 # ---------------------------------------------------------------------- sinks
+class _StageLog:
+    """Progress for a log rather than a terminal: a line when a stage starts and one when it
+    ends (a bar redrawn a hundred times is noise in a job's log)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled = total, desc, enabled
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        if self.enabled:
+            logger.info(f"{self.desc}: writing {self.total / 1e9:.3f} GB")
+        return self
+
+    def update(self, n: int) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and exc[0] is None:
+            logger.info(f"{self.desc}: done in {time.perf_counter() - self.start:.1f} s")
+
+
 def _progress(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
+    if enabled and sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+    return _StageLog(total, desc, enabled)
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -246,6 +338,7 @@ def write_mca_torch(
             for tp_rank, part in enumerate(dist.split(name, tensor)):
                 specs[tp_rank, chunk.pp_rank][chunk_key(chunk.vp_stage)][local] = (part.shape, part.dtype)
         total += tensor.numel() * tensor.element_size()
+    logger.info(f"{desc}: checked every tensor against the config; {len(specs)} rank file(s) planned")
 
     writers = {
         (tp, pp): TorchRankWriter(torch_rank_file(tmp, tp, pp, layout.pp), spec)
@@ -282,6 +375,10 @@ def write_hf(
     mapper.finish()
     extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
     writer = SafetensorsWriter(tmp, plan, **extra)
+    logger.info(
+        f"MCA -> HF: checked every tensor against the config; {len(set(writer.weight_map.values()))} "
+        "safetensors file(s) planned"
+    )
     mapper = template.mapper(op_config, to_mca=False)
     with _progress(writer.total_bytes, "MCA -> HF", progress) as bar:
         for name, tensor in weights(False):
@@ -305,7 +402,8 @@ def save_mca_torch(
     desc: str = "-> MCA",
 ) -> None:
     """Write any source as an MCA directory in ``torch`` format, all ranks of ``layout``."""
-    with staged_output_dir(dst, force) as tmp:
+    sources = [] if side_files_from is None else [side_files_from]
+    with staged_output_dir(dst, force, sources) as tmp:
         kwargs = write_mca_torch(tmp, source, layout or ParallelLayout(), parse_dtype(dtype), progress, desc)
         McaCheckpointMeta(
             hf_model_type=source.template.hf_model_type,
@@ -327,6 +425,7 @@ def convert_hf_to_mca(
     progress: bool = True,
 ) -> ConversionReport:
     """Convert an HF directory to an MCA directory in ``torch`` format, all ranks of ``layout``."""
+    check_output_dir(dst, force, [src])
     source = HFSource(src)
     save_mca_torch(source, dst, layout, dtype, force, progress, side_files_from=src, desc="HF -> MCA")
     return source.report
@@ -339,11 +438,12 @@ def reshard_mca(
     dtype: str | torch.dtype | None = None,
     force: bool = False,
     progress: bool = True,
+    hf_config: dict[str, Any] | None = None,
 ) -> None:
     """Rewrite an MCA ``torch`` checkpoint for another layout, without going through HF."""
-    save_mca_torch(
-        McaTorchSource(src), dst, layout, dtype, force, progress, side_files_from=src, desc="MCA -> MCA"
-    )
+    check_output_dir(dst, force, [src])
+    source = McaTorchSource(src, hf_config)
+    save_mca_torch(source, dst, layout, dtype, force, progress, side_files_from=src, desc="MCA -> MCA")
 
 
 def convert_mca_to_hf(
@@ -353,12 +453,16 @@ def convert_mca_to_hf(
     force: bool = False,
     progress: bool = True,
     max_shard_bytes: int | None = None,
+    hf_config: dict[str, Any] | None = None,
 ) -> ConversionReport:
-    """Convert an MCA directory in ``torch`` format (any layout) to an HF directory."""
-    source = McaTorchSource(src)
+    """Convert an MCA directory in ``torch`` format (any layout) to an HF directory. A
+    checkpoint without its HF config gets one rebuilt from the Megatron config, or takes
+    ``hf_config`` (checked against the Megatron config)."""
+    check_output_dir(dst, force, [src])
+    source = McaTorchSource(src, hf_config)
     out_dtype = parse_dtype(dtype) or getattr(torch, source.hf_weight_dtype)
-    hf_config = source.template.convert_mca_to_hf_config(source.mca_kwargs, source.hf_config)
-    with staged_output_dir(dst, force) as tmp:
+    hf_config = source.template.convert_mca_to_hf_config(source.mca_kwargs, source.meta.require_hf_config())
+    with staged_output_dir(dst, force, [src]) as tmp:
         report = write_hf(
             tmp,
             source.template,

@@ -13,14 +13,12 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from .errors import CheckpointError
+
 HF_CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing files or holds inconsistent ones."""
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -141,10 +141,18 @@ class ParallelLayout:
                 raise LayoutError(f"num_layers_in_{name}_pipeline_stage={value} is not divisible by vpp={v}")
             middle_layers -= value
             middle_stages -= 1
-        if middle_layers < 0 or bool(middle_layers) != bool(middle_stages):
+        given = " + ".join(f"{name}={value}" for name, value in (("first", first), ("last", last)) if value)
+        if not middle_stages and middle_layers:
             raise LayoutError(
-                f"{middle_layers} layer(s) are left for {middle_stages} middle pipeline stage(s) "
-                f"(num_layers={n}, first={first}, last={last}, pp={pp})"
+                f"with pp={pp} the first and last stages are all the stages, so their layers must add up "
+                f"to num_layers={n}; got {given} = {n - middle_layers}"
+            )
+        if middle_stages and middle_layers < middle_stages * v:
+            room = n - middle_stages * v
+            raise LayoutError(
+                f"{given} leaves {middle_layers} of the model's {n} layers for the other {middle_stages} "
+                f"pipeline stage(s), which need at least {middle_stages * v}: the uneven stage(s) may "
+                f"hold at most {room} layer(s) together"
             )
         if middle_stages and middle_layers % (middle_stages * v):
             raise LayoutError(

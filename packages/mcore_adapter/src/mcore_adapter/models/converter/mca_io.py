@@ -13,6 +13,7 @@ dist_checkpointing and is handled where a model is built.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,32 +23,71 @@ from typing import Any
 import torch
 
 from .hf_io import CheckpointError, read_json, write_json
-from .layout import LayoutError, ParallelLayout
-from .template import ConversionError
+from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout
+from .template import ARCH_FIELDS, ROPE_MCA_FIELDS, ConversionError, get_template
 
 MCA_CONFIG_NAME = "mca_config.json"
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
+GENERATION_CONFIG_NAME = "generation_config.json"
 ITERATION = 1
 CHECKPOINT_VERSION = 3.0  # Megatron-LM's current state-dict layout version
 FORMATS = ("torch", "torch_dist")
 MCA_FORMAT_VERSION = 1
+_OWN_KEYS = (
+    "format_version",
+    "hf_model_type",
+    "mca_config",
+    "hf_config",
+    "checkpoint_format",
+    "hf_weight_dtype",
+)
 
 
 def is_mca_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MCA_CONFIG_NAME).is_file()
 
 
-def iteration_dir(path: str | os.PathLike, iteration: int = ITERATION) -> Path:
-    return Path(path) / f"iter_{iteration:07d}"
+def iteration_dir(path: str | os.PathLike, iteration: int | str | None = None) -> Path:
+    """The weights' directory: ``iter_0000001`` (what we write), or the one Megatron's tracker
+    file names (``iter_0000500`` after 500 training steps, ``release``)."""
+    if iteration is None:
+        tracker = Path(path) / TRACKER_NAME
+        iteration = tracker.read_text().strip() if tracker.is_file() else ITERATION
+    if iteration == "release":
+        return Path(path) / "release"
+    try:
+        return Path(path) / f"iter_{int(iteration):07d}"
+    except ValueError:
+        raise CheckpointError(
+            f"{Path(path) / TRACKER_NAME} holds {iteration!r}, not an iteration number or 'release'"
+        ) from None
 
 
 def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
     return f"mp_rank_{tp_rank:02d}" if pp_size == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
 
 
+def detect_format(path: str | os.PathLike) -> str:
+    """``torch`` (per-rank files) or ``torch_dist`` (dist_checkpointing), from the files."""
+    weights = iteration_dir(path)
+    if any(weights.glob("mp_rank_*")):
+        return "torch"
+    if (weights / "metadata.json").is_file() or (weights / ".metadata").is_file():
+        return "torch_dist"
+    raise CheckpointError(
+        f"{weights} holds neither per-rank files (mp_rank_*) nor a dist_checkpointing checkpoint "
+        "(metadata.json); the MCA checkpoint has no weights"
+    )
+
+
 @dataclass
 class McaCheckpointMeta:
-    """What ``mca_config.json`` holds."""
+    """What ``mca_config.json`` holds.
+
+    ``hf_config`` is the HF config the model came from; a checkpoint that did not keep it (as
+    Megatron-LM writes them) gets one rebuilt from the Megatron config when loaded, or, where
+    that is impossible, ``hf_config_error`` says what is missing (``require_hf_config``).
+    """
 
     hf_model_type: str
     mca_config: dict[str, Any]
@@ -55,6 +95,7 @@ class McaCheckpointMeta:
     checkpoint_format: str
     hf_weight_dtype: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
+    hf_config_error: str | None = field(default=None, compare=False)
 
     @property
     def tp(self) -> int:
@@ -70,6 +111,14 @@ class McaCheckpointMeta:
             return ParallelLayout.from_kwargs(self.mca_config).validate(self.mca_config)
         except LayoutError as e:
             raise CheckpointError(f"the layout in {MCA_CONFIG_NAME} is invalid: {e}") from None
+
+    def require_hf_config(self) -> dict[str, Any]:
+        if self.hf_config is None:
+            raise CheckpointError(
+                f"{self.hf_config_error}; pass the model's HF config.json with --hf-config PATH "
+                "(hf_config=... in Python)"
+            )
+        return self.hf_config
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -88,32 +137,101 @@ class McaCheckpointMeta:
         (path / TRACKER_NAME).write_text(f"{ITERATION}\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> McaCheckpointMeta:
-        data = read_json(Path(path) / MCA_CONFIG_NAME)
-        missing = [k for k in ("hf_model_type", "mca_config", "checkpoint_format") if k not in data]
-        if missing:
+    def load(cls, path: str | os.PathLike, hf_config: dict[str, Any] | None = None) -> McaCheckpointMeta:
+        """Read ``mca_config.json``: ours, or the flat Megatron config ROLL's mcore_adapter
+        writes. ``hf_config`` supplies the HF config of a checkpoint that lacks one (checked
+        against the Megatron config)."""
+        file = Path(path) / MCA_CONFIG_NAME
+        data = read_json(file)
+        if "mca_config" in data:
+            meta = cls._ours(file, data)
+        elif "hf_model_type" in data and "num_layers" in data:
+            meta = cls._roll(path, data)
+        else:
             raise CheckpointError(
-                f"{Path(path) / MCA_CONFIG_NAME} lacks {missing}; it was not written by mcore_adapter"
+                f"{file} holds neither mcore_adapter's fields (mca_config, checkpoint_format) nor a "
+                "Megatron config with hf_model_type (ROLL's); it is not an MCA checkpoint config"
             )
+        template = get_template(meta.hf_model_type)
+        if hf_config is not None:
+            _check_hf_config(file, template, meta.mca_config, hf_config)
+            meta.hf_config = dict(hf_config)
+        if meta.hf_config is None:
+            generation = Path(path) / GENERATION_CONFIG_NAME
+            token_ids = read_json(generation) if generation.is_file() else None
+            try:
+                meta.hf_config = template.rebuild_hf_config(meta.mca_config, meta.hf_weight_dtype, token_ids)
+            except ConversionError as e:
+                meta.hf_config_error = f"{file} keeps no HF config and {e}"
+        return meta
+
+    @classmethod
+    def _ours(cls, file: Path, data: dict[str, Any]) -> McaCheckpointMeta:
+        missing = [k for k in ("hf_model_type", "checkpoint_format") if k not in data]
+        if missing:
+            raise CheckpointError(f"{file} lacks {missing}; it was not written by mcore_adapter")
         if data["checkpoint_format"] not in FORMATS:
             raise CheckpointError(
-                f"{Path(path) / MCA_CONFIG_NAME}: checkpoint_format {data['checkpoint_format']!r} is not one of {FORMATS}"
+                f"{file}: checkpoint_format {data['checkpoint_format']!r} is not one of {FORMATS}"
             )
-        known = {
-            "format_version",
-            "hf_model_type",
-            "mca_config",
-            "hf_config",
-            "checkpoint_format",
-            "hf_weight_dtype",
-        }
         return cls(
             hf_model_type=data["hf_model_type"],
             mca_config=data["mca_config"],
             hf_config=data.get("hf_config"),
             checkpoint_format=data["checkpoint_format"],
             hf_weight_dtype=data.get("hf_weight_dtype", "float32"),
-            extra={k: v for k, v in data.items() if k not in known},
+            extra={k: v for k, v in data.items() if k not in _OWN_KEYS},
+        )
+
+    @classmethod
+    def _roll(cls, path: str | os.PathLike, data: dict[str, Any]) -> McaCheckpointMeta:
+        """ROLL's ``mca_config.json``: its whole Megatron config, flat, with ``hf_model_type``
+        and (in recent versions) the HF config as a string under ``hf_config_json``. The HF
+        config, where kept, decides the architecture (ROLL's dump can disagree with its own
+        weights, e.g. a ``kv_channels`` of hidden / heads beside a model whose head_dim differs);
+        the layout and the vocab padding come from the dump, as the rank files follow them."""
+        template = get_template(data["hf_model_type"])
+        hf_config = json.loads(data["hf_config_json"]) if data.get("hf_config_json") else None
+        if hf_config is not None:
+            mca_config = template.convert_hf_to_mca_config(hf_config)
+        else:
+            known = {*template.mca_fields(), *ARCH_FIELDS} - set(ROPE_MCA_FIELDS)
+            mca_config = {k: data[k] for k in known if k in data}
+            rope = data.get("rope_parameters") or data.get("rope_scaling")
+            if isinstance(rope, dict):  # ROLL keeps HF's rope description
+                mca_config.update(template.rope_kwargs({"rope_parameters": rope}))
+            mca_config.update(template.constant_mca_config, hf_model_type=template.hf_model_type)
+        for name in (*LAYOUT_FIELDS, "padded_vocab_size", "make_vocab_size_divisible_by"):
+            if data.get(name) is not None:
+                mca_config[name] = data[name]
+        dtype = (hf_config or {}).get("dtype") or (hf_config or {}).get("torch_dtype")
+        dtype = dtype or ("bfloat16" if data.get("bf16") else "float16" if data.get("fp16") else "float32")
+        return cls(
+            hf_model_type=template.hf_model_type,
+            mca_config=mca_config,
+            hf_config=hf_config,
+            checkpoint_format=detect_format(path),
+            hf_weight_dtype=dtype,
+            extra={"written_by": "ROLL"},
+        )
+
+
+def _check_hf_config(file: Path, template, mca_config: dict[str, Any], hf_config: dict[str, Any]) -> None:
+    """A supplied HF config must describe the model the Megatron config describes."""
+    if hf_config.get("model_type") != template.hf_model_type:
+        raise CheckpointError(
+            f"the HF config given is for model_type {hf_config.get('model_type')!r}, {file} for "
+            f"{template.hf_model_type!r}"
+        )
+    implied = template.convert_hf_to_mca_config(hf_config)
+    differ = [
+        f"{k}: {mca_config[k]!r} here, {implied[k]!r} in the HF config"
+        for k in implied
+        if k in mca_config and k not in LAYOUT_FIELDS and json.dumps(mca_config[k]) != json.dumps(implied[k])
+    ]
+    if differ:
+        raise CheckpointError(
+            f"the HF config given does not describe the model of {file}: {'; '.join(differ)}"
         )
 
 
@@ -213,14 +331,19 @@ class TorchRankReader:
                     )
 
     def read(self, key: str, name: str) -> torch.Tensor:
+        """The stored tensor, reading only the bytes it spans: a tensor saved as a view of a
+        larger storage (ROLL's rank files hold such slices of whole weights) does not read, or
+        hold, the rest of that storage."""
         meta = self.chunks[key][name]
-        storage = meta.untyped_storage()
-        buffer = torch.empty(storage.nbytes(), dtype=torch.uint8)  # not zero-filled: read over
+        span = 1 + sum((size - 1) * stride for size, stride in zip(meta.shape, meta.stride(), strict=True))
+        span = span if meta.numel() else 0
+        buffer = torch.empty(span * meta.element_size(), dtype=torch.uint8)  # not zero-filled: read over
+        start = meta.untyped_storage()._checkpoint_offset + meta.storage_offset() * meta.element_size()
         with open(self.file, "rb") as f:
-            f.seek(storage._checkpoint_offset)
+            f.seek(start)
             if f.readinto(buffer.numpy()) != buffer.numel():
                 raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
-        return buffer.view(meta.dtype).as_strided(meta.shape, meta.stride(), meta.storage_offset())
+        return buffer.view(meta.dtype).as_strided(meta.shape, meta.stride())
 
     def read_into(self, key: str, name: str, out: torch.Tensor, byte_offset: int = 0) -> None:
         """Read ``out.nbytes`` bytes of a stored contiguous tensor, from ``byte_offset`` into it,

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConversionError, UnsupportedModelError
 from .ops import (
     ConcatConverOp,
     ConverOp,
@@ -66,17 +67,6 @@ _TEMPLATES: dict[str, Template] = {}
 _builtins_loaded = False
 
 
-class ConversionError(ValueError):
-    """A checkpoint does not match its template: an unmapped, missing or inconsistent tensor."""
-
-
-class UnsupportedModelError(KeyError):
-    """No template is registered for a ``model_type``."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0])
-
-
 _MISSING = object()
 
 
@@ -100,7 +90,25 @@ def _fold_legacy_rope(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Megatron fields a template derives from HF's ``rope_parameters`` (see Template._rope_kwargs).
+# Architecture fields every GPT checkpoint records, whether or not its template sets them.
+ARCH_FIELDS = (
+    "hf_model_type",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "ffn_hidden_size",
+    "vocab_size",
+    "padded_vocab_size",
+    "make_vocab_size_divisible_by",
+)
+
+# HF config fields no Megatron config holds; a rebuilt HF config takes them from
+# generation_config.json.
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+# Megatron fields a template derives from HF's ``rope_parameters`` (see Template.rope_kwargs).
 ROPE_MCA_FIELDS = (
     "rope_scaling",
     "rope_scaling_factor",
@@ -134,7 +142,11 @@ class Template:
     ``config_hf_to_mca`` maps HF config fields (dotted paths into the normalized HF config,
     e.g. ``rope_parameters.rope_theta``) to Megatron config fields. ``hf_config_expect`` lists
     HF config values the template relies on; a config that differs is rejected rather than
-    converted into a different model.
+    converted into a different model. ``hf_config_defaults`` are transformers' defaults for
+    fields hub configs often leave out (a value, ``None`` for "no such field", or a function of
+    the config), so such configs convert without importing transformers (tested against
+    transformers' own). ``hf_architecture`` is the HF model class an exported ``config.json``
+    names when the HF config has to be rebuilt from the Megatron config.
     """
 
     hf_model_type: str
@@ -144,6 +156,8 @@ class Template:
     constant_mca_config: dict[str, Any] = field(default_factory=dict)
     hf_invalid_keys: list[str] = field(default_factory=list)
     hf_config_expect: dict[str, Any] = field(default_factory=dict)
+    hf_config_defaults: dict[str, Any] = field(default_factory=dict)
+    hf_architecture: str | None = None
 
     def __post_init__(self) -> None:
         if not self.hf_layer_prefix.endswith("."):
@@ -178,6 +192,10 @@ class Template:
         than converting a small checkpoint takes.
         """
         folded = _fold_legacy_rope(hf_config)
+        if "rope_scaling" not in folded:  # a legacy rope_scaling without rope_theta: transformers' job
+            for path, default in self.hf_config_defaults.items():
+                if _get_path(folded, path) is _MISSING:
+                    _set_path(folded, path, default(folded) if callable(default) else default)
         if self._states_every_field(folded):
             return folded
         return self.transformers_normalized_hf_config(hf_config)
@@ -208,12 +226,12 @@ class Template:
             value = _get_path(hf, hf_path)
             if value is not _MISSING and value is not None:
                 kwargs[mca_field] = value
-        kwargs.update(self._rope_kwargs(hf))
+        kwargs.update(self.rope_kwargs(hf))
         kwargs.update(self.constant_mca_config)
         kwargs["hf_model_type"] = self.hf_model_type
         return kwargs
 
-    def _rope_kwargs(self, hf: Mapping[str, Any]) -> dict[str, Any]:
+    def rope_kwargs(self, hf: Mapping[str, Any]) -> dict[str, Any]:
         """Translate ``rope_parameters`` (the transformers-wide rope description)."""
         rope = hf.get("rope_parameters") or {}
         rope_type = rope.get("rope_type", "default")
@@ -233,21 +251,63 @@ class Template:
         fields = [*self.config_hf_to_mca.values(), *ROPE_MCA_FIELDS, *self.constant_mca_config]
         return list(dict.fromkeys(fields))
 
-    def convert_mca_to_hf_config(
-        self, mca_kwargs: Mapping[str, Any], hf_config: Mapping[str, Any] | None = None
+    def rebuild_hf_config(
+        self, mca_kwargs: Mapping[str, Any], dtype: str, token_ids: Mapping[str, Any] | None
     ) -> dict[str, Any]:
-        """The HF config dict for Megatron config kwargs.
-
-        With the HF config the model came from, that config is returned unchanged where the
-        Megatron fields still agree with it, and updated where they differ; without it, a config
-        is built from the inverse of ``config_hf_to_mca``.
+        """The HF config of a model whose checkpoint kept only its Megatron config (as
+        Megatron-LM writes them): every field of ``config_hf_to_mca``, the rope parameters, the
+        values the template relies on, ``architectures``, the dtype, and the special token ids
+        (``token_ids``, from the checkpoint's ``generation_config.json``), which no Megatron config
+        holds. A field that cannot be rebuilt raises ``ConversionError`` naming it; fields that do
+        not shape the model (``initializer_range``, ``use_cache``...) are left to transformers'
+        defaults.
         """
-        if hf_config is None:
-            out: dict[str, Any] = {}
-            for hf_path, mca_field in self.config_hf_to_mca.items():
-                if mca_field in mca_kwargs:
-                    _set_path(out, hf_path, mca_kwargs[mca_field])
-            return self.normalized_hf_config({"model_type": self.hf_model_type, **out})
+        out: dict[str, Any] = {"model_type": self.hf_model_type}
+        missing = []
+        if self.hf_architecture is None:
+            missing.append("architectures (the template names no hf_architecture)")
+        else:
+            out["architectures"] = [self.hf_architecture]
+        for hf_path, mca_field in self.config_hf_to_mca.items():
+            if mca_field in mca_kwargs:
+                _set_path(out, hf_path, _as_json(mca_kwargs[mca_field]))
+            else:
+                missing.append(f"{hf_path} (Megatron field {mca_field})")
+        rope_path = next((p for p in self.config_hf_to_mca if p.endswith("rope_theta")), None)
+        if rope_path is not None and mca_kwargs.get("rope_scaling"):
+            parent = rope_path.rpartition(".")[0]
+            llama3 = ("llama3", *(mca_kwargs.get(f) for f in ROPE_MCA_FIELDS[1:]))
+            keys = (
+                "rope_type",
+                "factor",
+                "low_freq_factor",
+                "high_freq_factor",
+                "original_max_position_embeddings",
+            )
+            for key, value in zip(keys, llama3, strict=True):
+                _set_path(out, f"{parent}.{key}", value)
+        elif rope_path is not None:
+            _set_path(out, rope_path.rpartition(".")[0] + ".rope_type", "default")
+        for path, value in self.hf_config_expect.items():
+            _set_path(out, path, value)
+        out["dtype"] = dtype
+        if token_ids is None:
+            missing.append(f"{', '.join(TOKEN_ID_FIELDS)} (kept in generation_config.json, which is absent)")
+        else:
+            out.update({name: token_ids.get(name) for name in TOKEN_ID_FIELDS})
+        if missing:
+            raise ConversionError(
+                f"the {self.hf_model_type!r} HF config cannot be rebuilt from the Megatron config alone: "
+                f"it lacks {'; '.join(missing)}"
+            )
+        return out
+
+    def convert_mca_to_hf_config(
+        self, mca_kwargs: Mapping[str, Any], hf_config: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The HF config dict for Megatron config kwargs and the HF config the model came from
+        (or ``rebuild_hf_config``'s): that config unchanged where the Megatron fields still
+        agree with it, and updated where they differ."""
         forward = self.convert_hf_to_mca_config(hf_config)
         changed = {
             hf_path: mca_kwargs[mca_field]
@@ -322,8 +382,8 @@ class Template:
             ),
         )
 
-    def mapper(self, mca_config: Any, to_mca: bool) -> WeightMapper:
-        return WeightMapper(self, mca_config, to_mca)
+    def mapper(self, mca_config: Any, to_mca: bool, problems: Any = None) -> WeightMapper:
+        return WeightMapper(self, mca_config, to_mca, problems)
 
 
 @dataclass
@@ -341,12 +401,17 @@ class WeightMapper:
     ``push(name, tensor)`` returns the converted ``(name, tensor)`` pairs as soon as an op has
     all its inputs, so a converter holds at most one layer's partial groups. ``finish()``
     raises if an op is left waiting for an input, and returns the report.
+
+    With ``problems`` (a dry run's ``shapes.Problems``) an unmapped or repeated tensor, a fused
+    group of mixed dtypes or an op's shape error is recorded there and the run goes on, so
+    that every problem of a checkpoint is reported at once; otherwise each raises.
     """
 
-    def __init__(self, template: Template, mca_config: Any, to_mca: bool):
+    def __init__(self, template: Template, mca_config: Any, to_mca: bool, problems: Any = None):
         self.template = template
         self.mca_config = mca_config
         self.to_mca = to_mca
+        self.problems = problems
         self.tied = bool(getattr(mca_config, "tie_embeddings_and_output_weights", False))
         self.report = ConversionReport()
         self._pending: dict[tuple[int, int | None, tuple[str, ...]], dict[int, torch.Tensor]] = {}
@@ -412,7 +477,7 @@ class WeightMapper:
                 if self.to_mca
                 else f"the {self.template.hf_model_type!r} template has no op producing it"
             )
-            raise ConversionError(f"{side} tensor {name!r} is not mapped by any op ({local!r}); {hint}")
+            return self._problem(f"{side} tensor {name!r} is not mapped by any op ({local!r}); {hint}")
         op_index, slot, captures = hit
         op = self._ops[op_index]
         self.report.consumed.add(name)
@@ -422,21 +487,42 @@ class WeightMapper:
         key = (op_index, layer, captures)
         group = self._pending.setdefault(key, {})
         if slot in group:
-            raise ConversionError(f"tensor {name!r} was given twice")
+            return self._problem(f"tensor {name!r} was given twice")
         group[slot] = tensor
         src_names = op.names(mca=not self.to_mca)
         if len(group) < len(src_names):
             return []
         del self._pending[key]
-        # Ops are shared by every model of a template: give this op this mapper's config now.
-        op.bind(self.mca_config)
-        outputs = op.convert([group[i] for i in range(len(src_names))], to_mca=self.to_mca)
+        inputs = [group[i] for i in range(len(src_names))]
+        in_names = [self._join(layer, n, mca=not self.to_mca) for n in resolve_wildcards(src_names, captures)]
         out_names = [
             self._join(layer, n, mca=self.to_mca)
             for n in resolve_wildcards(op.names(mca=self.to_mca), captures)
         ]
         self.report.produced.update(out_names)
+        dtypes = [t.dtype for t in inputs]
+        if len(set(dtypes)) > 1:
+            found = ", ".join(
+                f"{n} {str(d).removeprefix('torch.')}" for n, d in zip(in_names, dtypes, strict=True)
+            )
+            self._problem(
+                f"{found} are fused into {', '.join(out_names)}, which has one dtype; "
+                "re-save the checkpoint with one dtype for them"
+            )
+            inputs = [t.to(dtypes[0]) for t in inputs]
+        # Ops are shared by every model of a template: give this op this mapper's config now.
+        op.bind(self.mca_config)
+        try:
+            outputs = op.convert(inputs, to_mca=self.to_mca)
+        except ValueError as e:  # an op's own shape check: the checkpoint, not the op, is wrong
+            return self._problem(f"{', '.join(in_names)}: {e}")
         return list(zip(out_names, outputs, strict=True))
+
+    def _problem(self, message: str) -> list[tuple[str, torch.Tensor]]:
+        if self.problems is None:
+            raise ConversionError(message)
+        self.problems.add(message)
+        return []
 
     def finish(self) -> ConversionReport:
         if self._pending:
@@ -447,7 +533,8 @@ class WeightMapper:
                 missing += [
                     self._join(layer, n, mca=not self.to_mca) for i, n in enumerate(names) if i not in group
                 ]
-            raise ConversionError(
+            self._pending.clear()
+            self._problem(
                 f"incomplete checkpoint: {len(missing)} tensor(s) needed by an op are missing: "
                 f"{sorted(missing)[:10]}"
             )
@@ -472,6 +559,8 @@ def register_template(
     hf_invalid_keys: Iterable[str] | None = None,
     *,
     hf_config_expect: dict[str, Any] | None = None,
+    hf_config_defaults: dict[str, Any] | None = None,
+    hf_architecture: str | None = None,
     template_class: type[Template] = Template,
     overwrite: bool = False,
 ) -> Template:
@@ -493,6 +582,8 @@ def register_template(
         constant_mca_config=dict(constant_mca_config or {}),
         hf_invalid_keys=list(hf_invalid_keys or []),
         hf_config_expect=dict(hf_config_expect or {}),
+        hf_config_defaults=dict(hf_config_defaults or {}),
+        hf_architecture=hf_architecture,
     )
     _TEMPLATES[hf_model_type] = template
     return template

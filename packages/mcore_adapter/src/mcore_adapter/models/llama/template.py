@@ -5,6 +5,7 @@ from ..common import (
     DENSE_CONSTANT_MCA_CONFIG,
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
+    dense_hf_config_defaults,
     dense_weight_converters,
 )
 from ..converter.template import register_template
@@ -19,4 +20,8 @@ register_template(
     # Llama's attention_bias also adds an o_proj bias, and mlp_bias biases on the MLP, which
     # Megatron's add_qkv_bias does not cover.
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "attention_bias": False, "mlp_bias": False},
+    hf_config_defaults=dense_hf_config_defaults(
+        max_position_embeddings=2048, attention_bias=False, mlp_bias=False
+    ),
+    hf_architecture="LlamaForCausalLM",
 )

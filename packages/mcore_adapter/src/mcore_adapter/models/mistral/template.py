@@ -5,6 +5,7 @@ from ..common import (
     DENSE_CONSTANT_MCA_CONFIG,
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
+    dense_hf_config_defaults,
     dense_weight_converters,
 )
 from ..converter.template import register_template
@@ -17,4 +18,8 @@ register_template(
     constant_mca_config=DENSE_CONSTANT_MCA_CONFIG,
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect=DENSE_HF_CONFIG_EXPECT,
+    hf_config_defaults=dense_hf_config_defaults(
+        max_position_embeddings=131072, num_key_value_heads=8, sliding_window=4096
+    ),
+    hf_architecture="MistralForCausalLM",
 )

@@ -5,6 +5,7 @@ from ..common import (
     DENSE_CONSTANT_MCA_CONFIG,
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
+    dense_hf_config_defaults,
     dense_weight_converters,
 )
 from ..converter.template import register_template
@@ -17,4 +18,9 @@ register_template(
     constant_mca_config={**DENSE_CONSTANT_MCA_CONFIG, "add_qkv_bias": True},
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "use_sliding_window": False},
+    # Qwen2Config has no head_dim field: None leaves Megatron's default, hidden / heads, Qwen2's too.
+    hf_config_defaults=dense_hf_config_defaults(
+        head_dim=None, max_position_embeddings=32768, num_key_value_heads=32, use_sliding_window=False
+    ),
+    hf_architecture="Qwen2ForCausalLM",
 )

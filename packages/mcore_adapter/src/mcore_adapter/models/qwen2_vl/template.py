@@ -5,4 +5,4 @@ parallelism, on the first pipeline stage)."""
 from ..common import qwen_vl_template
 from ..converter.template import register_template
 
-register_template(**qwen_vl_template("qwen2_vl"))
+register_template(**qwen_vl_template("qwen2_vl", "Qwen2VLForConditionalGeneration"))

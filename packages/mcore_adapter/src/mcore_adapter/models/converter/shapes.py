@@ -1,0 +1,161 @@
+"""The shape every weight must have, from the config alone: checked in each conversion's dry
+run, so a transposed projection or a norm of the wrong length is reported (all of them at
+once) before anything is written, instead of failing when a model loads the result.
+
+Megatron shapes are a declarative table (``MCA_SHAPES``) of dimension names: a Megatron config
+field (``hidden_size``) or one of the derived dimensions below. The HF shapes are not written a
+second time: they are what a template's own ops give back from the Megatron shapes (the ops are
+exact inverses), so every template's HF names are checked without a table of their own. Names
+under a wildcard op (a subtree carried whole, like a vision tower) have no shape here; the
+model that loads them checks them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .ops import DropConverOp
+from .template import MCA_OUTPUT_LAYER, Template
+
+Shape = tuple[int, ...]
+
+
+def _heads(c: Mapping[str, Any]) -> int:
+    return int(c["num_attention_heads"])
+
+
+def _head_dim(c: Mapping[str, Any]) -> int:
+    return int(c.get("kv_channels") or c["hidden_size"] // _heads(c))
+
+
+def _groups(c: Mapping[str, Any]) -> int:
+    return int(c.get("num_query_groups") or _heads(c))
+
+
+def _ffn(c: Mapping[str, Any]) -> int:
+    return int(c.get("ffn_hidden_size") or 4 * c["hidden_size"])  # Megatron's default
+
+
+def _gated(c: Mapping[str, Any]) -> bool:
+    return bool(c.get("swiglu") or c.get("gated_linear_unit"))
+
+
+# Dimensions computed from several fields, as Megatron-Core computes them.
+DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
+    "head_dim": _head_dim,
+    "attention_rows": lambda c: _heads(c) * _head_dim(c),
+    "qkv_rows": lambda c: (_heads(c) + 2 * _groups(c)) * _head_dim(c),
+    "fc1_rows": lambda c: _ffn(c) * (2 if _gated(c) else 1),
+    "ffn": _ffn,
+    "vocab": lambda c: int(c.get("vocab_size") or c["padded_vocab_size"]),
+}
+
+# Canonical (whole, unpadded) Megatron weights; layer-relative names start with ".".
+MCA_SHAPES: dict[str, tuple[str | int, ...]] = {
+    "embedding.word_embeddings.weight": ("vocab", "hidden_size"),
+    MCA_OUTPUT_LAYER: ("vocab", "hidden_size"),
+    "decoder.final_layernorm.weight": ("hidden_size",),
+    ".self_attention.linear_qkv.layer_norm_weight": ("hidden_size",),
+    ".self_attention.linear_qkv.weight": ("qkv_rows", "hidden_size"),
+    ".self_attention.linear_qkv.bias": ("qkv_rows",),
+    ".self_attention.q_layernorm.weight": ("head_dim",),
+    ".self_attention.k_layernorm.weight": ("head_dim",),
+    ".self_attention.linear_proj.weight": ("hidden_size", "attention_rows"),
+    ".mlp.linear_fc1.layer_norm_weight": ("hidden_size",),
+    ".mlp.linear_fc1.weight": ("fc1_rows", "hidden_size"),
+    ".mlp.linear_fc1.bias": ("fc1_rows",),
+    ".mlp.linear_fc2.weight": ("hidden_size", "ffn"),
+}
+
+
+def _dim(spec: str | int, config: Mapping[str, Any]) -> int:
+    if isinstance(spec, int):
+        return spec
+    if spec in DERIVED_DIMS:
+        return DERIVED_DIMS[spec](config)
+    return int(config[spec])
+
+
+def describe(shape: Shape, found: Shape) -> str:
+    hint = " (transposed?)" if len(shape) == 2 and tuple(reversed(shape)) == found else ""
+    return f"expected {tuple(shape)}, found {tuple(found)}{hint}"
+
+
+class ShapeCheck:
+    """Expected shapes of one model's canonical Megatron weights and of its HF tensors."""
+
+    def __init__(self, template: Template, mca_kwargs: Mapping[str, Any]):
+        self.template = template
+        self.config = mca_kwargs
+        op_config = template.op_config(mca_kwargs)
+        self.tied = op_config.tie_embeddings_and_output_weights
+        self._hf: dict[tuple[bool, str], Shape] = {}  # (layer-local, name) -> shape
+        for op in template.active_ops(self.tied):
+            if isinstance(op, DropConverOp) or any("{}" in n for n in op.mca_names):
+                continue
+            shapes = [self.mca_local_shape(n) for n in op.mca_names]
+            if any(s is None for s in shapes):
+                continue
+            op.bind(op_config)
+            metas = [torch.empty(s, device="meta") for s in shapes]
+            for name, tensor in zip(op.hf_names, op.convert(metas, to_mca=False), strict=True):
+                self._hf[op.is_layer_local, name] = tuple(tensor.shape)
+
+    def mca_local_shape(self, local_name: str) -> Shape | None:
+        """The shape of a Megatron weight by its layer-relative (or global) name."""
+        spec = MCA_SHAPES.get(local_name)
+        return None if spec is None else tuple(_dim(s, self.config) for s in spec)
+
+    def mca_shape(self, name: str) -> Shape | None:
+        """The canonical shape of a Megatron weight by its global name."""
+        layer, local = Template.split_mca_name(name)
+        return self.mca_local_shape(local if layer is not None else name)
+
+    def hf_shape(self, name: str) -> Shape | None:
+        layer, local = self.template.split_hf_name(name)
+        return self._hf.get((layer is not None, local))
+
+    def unknown_mca_names(self) -> list[str]:
+        """Megatron names of the template's ops that have no shape rule (wildcards excepted)."""
+        return sorted(
+            name
+            for op in self.template.weight_converters
+            if not isinstance(op, DropConverOp)
+            for name in op.mca_names
+            if "{}" not in name and name not in MCA_SHAPES
+        )
+
+
+def meta_like(shape: Shape, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def nbytes(shape: Shape, dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+class Problems:
+    """Everything wrong with a checkpoint, collected during a dry run and reported at once."""
+
+    MAX_SHOWN = 25
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def message(self, what: str, hint: str) -> str:
+        shown = self.items[: self.MAX_SHOWN]
+        more = len(self.items) - len(shown)
+        lines = [f"{what}: {len(self.items)} problem(s); {hint}", *(f"  {p}" for p in shown)]
+        if more:
+            lines.append(f"  ... and {more} more")
+        return "\n".join(lines)
