@@ -75,7 +75,10 @@ def test_layer_placement_follows_megatron():
             ParallelLayout(pp=3, num_layers_in_first_pipeline_stage=3),
             "the 5 middle layers do not split evenly over 2",
         ),
-        (ParallelLayout(pp=2, num_layers_in_first_pipeline_stage=8), "first=8 leaves 0 of the model.s 8 layers for the other 1 pipeline stage"),
+        (
+            ParallelLayout(pp=2, num_layers_in_first_pipeline_stage=8),
+            "first=8 leaves 0 of the model.s 8 layers for the other 1 pipeline stage",
+        ),
         (ParallelLayout(num_layers_in_last_pipeline_stage=2), "need pp > 1"),
     ],
 )

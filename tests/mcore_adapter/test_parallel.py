@@ -9,6 +9,8 @@ columns.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mcore_adapter.launch import launch
@@ -72,9 +74,23 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
     return specs
 
 
+# A tiny Llama and its tp2pp2 conversion by ROLL's own mcore_adapter (see its README).
+ROLL_WRITTEN = Path(__file__).resolve().parents[1] / "data" / "roll_written"
+ROLL_CASE = {
+    "id": "roll-written-llama-TP2xPP2",
+    "model_type": "llama",
+    "tied": False,
+    "layout_name": "TP2xPP2",
+    "layout": TP2PP2,
+    "hf_dir": str(ROLL_WRITTEN / "llama_hf"),
+    "torch_dir": str(ROLL_WRITTEN / "llama_tp2pp2_by_roll"),  # loaded at its own layout
+    "torch_dist_reload_layout": None,
+}
+
+
 def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[str, dict]:
     work = tmp_path_factory.mktemp(f"world{world}")
-    cases = []
+    cases = [ROLL_CASE] if world == 4 else []
     for model_type, tie, name, reload in _specs(world):
         layout = NAMES[name]
         # 4 layers for VPP2 and PP4 (the vision-language tiny model keeps its 2).
@@ -98,6 +114,8 @@ def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[s
         )
     results = {r["id"]: r for r in launch(run_cases, world, cases, str(work))[0]}
     for r in results.values():
+        if r["id"] == ROLL_CASE["id"]:
+            continue  # not a tiny model of the support matrix
         record_layout(r["model_type"], r["tied"], r["layout_name"], r["max_abs_diff"], _problems(r) == [])
     return results
 
@@ -144,6 +162,12 @@ def test_two_ranks(case_id, world2):
 @pytest.mark.parametrize("case_id", _ids(4))
 def test_four_ranks(case_id, world4):
     assert _problems(world4[case_id]) == []
+
+
+def test_checkpoint_written_by_roll_loads_at_its_layout(world4):
+    """ROLL's rank files load into the model at tp2pp2 with the logits of the HF load, exactly,
+    and the model exports its HF source back bit-exactly."""
+    assert _problems(world4[ROLL_CASE["id"]]) == []
 
 
 def test_every_template_at_every_required_layout():

@@ -7,6 +7,7 @@ import torch
 
 from mcore_adapter.models.converter import template as template_module
 from mcore_adapter.models.converter.template import (
+    TOKEN_ID_FIELDS,
     ConversionError,
     RenameConverOp,
     UnsupportedModelError,
@@ -14,7 +15,6 @@ from mcore_adapter.models.converter.template import (
     register_template,
     registered_model_types,
 )
-from mcore_adapter.models.converter.template import TOKEN_ID_FIELDS
 from mcore_adapter.testing import TINY_MODELS, TINY_VL_MODELS, tiny_hf_config
 
 MODEL_TYPES = sorted(TINY_MODELS)  # decoder-only; vision-language ones in test_qwen2_vl.py

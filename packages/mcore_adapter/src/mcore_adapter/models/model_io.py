@@ -20,7 +20,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from .. import platform
 from ..parallel import is_rank_zero
 from .converter.atomic import check_output_dir, staged_output_dir
-from .converter.convert import write_hf
+from .converter.convert import HFSource, write_hf
 from .converter.dist_converter import REPLICATED, DistConverter
 from .converter.hf_io import HF_CONFIG_NAME, HFCheckpoint, write_json
 from .converter.layout import ParallelLayout
@@ -127,6 +127,8 @@ def _load_hf(
     config, conv: DistConverter, targets: dict, ckpt: HFCheckpoint, tp_rank: int, pp_rank: int
 ) -> set:
     """Read only the HF tensors whose Megatron weights live on this pipeline rank."""
+    for _ in HFSource(ckpt.path).weights(meta=True):  # every header against the config, first
+        pass
     template = get_template(ckpt.config.get("model_type"))
     mapper = template.mapper(config, to_mca=True)
 
@@ -291,6 +293,11 @@ def save_pretrained_as_hf(
     config = models[0].config
     template = get_template(config.hf_model_type)
     mca_kwargs = config.to_mca_kwargs()
+    if config.hf_config is None:
+        raise ConversionError(
+            "this model has no HF config: its MCA checkpoint kept none and one cannot be rebuilt from "
+            "its Megatron config alone; load it with AutoModel.from_pretrained(path, hf_config=...)"
+        )
     hf_config = template.convert_mca_to_hf_config(mca_kwargs, config.hf_config)
     source = ModelSource(models)
 

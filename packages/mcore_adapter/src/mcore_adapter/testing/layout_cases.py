@@ -67,9 +67,10 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     read: list[str] = []
     original = HFCheckpoint.tensors
 
-    def counting(self, names=None, meta=False):  # which HF tensors this rank reads
+    def counting(self, names=None, meta=False):  # which HF tensors this rank reads (headers aside)
         for name, tensor in original(self, names, meta):
-            read.append(name)
+            if not meta:
+                read.append(name)
             yield name, tensor
 
     HFCheckpoint.tensors = counting

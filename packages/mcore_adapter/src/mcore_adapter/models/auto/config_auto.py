@@ -42,9 +42,10 @@ def config_class_for(hf_model_type: str) -> type:
 class AutoConfig:
     @staticmethod
     def from_pretrained(path: str | os.PathLike, **overrides: Any):
-        """The Megatron config of an HF directory (through its template) or an MCA directory."""
+        """The Megatron config of an HF directory (through its template) or an MCA directory
+        (ours or ROLL's; ``hf_config=`` supplies the HF config of one that kept none)."""
         if is_mca_dir(path):
-            meta = McaCheckpointMeta.load(path)
+            meta = McaCheckpointMeta.load(path, overrides.pop("hf_config", None))
             return config_class_for(meta.hf_model_type).from_mca_meta(meta, **overrides)
         hf_config = read_json(os.path.join(path, HF_CONFIG_NAME))
         config_class = config_class_for(hf_config.get("model_type"))

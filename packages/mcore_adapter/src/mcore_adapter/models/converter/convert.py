@@ -102,13 +102,13 @@ def check_complete(template: Template, op_config, produced: set[str], problems: 
         )
 
 
-def _config_hint(kwargs: dict[str, Any], where: str) -> str:
+def _config_hint(kwargs: dict[str, Any], where: str, fix: str = "") -> str:
     fields = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")
     fields += ("kv_channels", "vocab_size")
     stated = ", ".join(f"{f}={kwargs[f]}" for f in fields if kwargs.get(f) is not None)
     return (
-        f"the expected shapes follow from {where} ({stated}): the weights were saved transposed or "
-        "belong to another config"
+        f"the expected shapes follow from {where} ({stated}); fix the tensors below or the config "
+        f"they were saved with{fix}"
     )
 
 
@@ -226,7 +226,9 @@ class McaTorchSource:
                     advance(sum(p.numel() * p.element_size() for p in shards))
         if meta:
             check_complete(self.template, self.op_config, produced, problems)
-            _raise(problems, self.path, _config_hint(self.mca_kwargs, MCA_CONFIG_NAME))
+            roll = self.meta.extra.get("written_by") == "ROLL"
+            fix = " (ROLL's mca_config.json can misstate the model: give its HF config with --hf-config)"
+            _raise(problems, self.path, _config_hint(self.mca_kwargs, MCA_CONFIG_NAME, fix if roll else ""))
 
     def _check_slices(
         self, name: str, key: str, local: str, readers: list[TorchRankReader], shapes: ShapeCheck, problems

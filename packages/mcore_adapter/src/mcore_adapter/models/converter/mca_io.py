@@ -146,14 +146,14 @@ class McaCheckpointMeta:
         if "mca_config" in data:
             meta = cls._ours(file, data)
         elif "hf_model_type" in data and "num_layers" in data:
-            meta = cls._roll(path, data)
+            meta = cls._roll(path, data, hf_config)
         else:
             raise CheckpointError(
                 f"{file} holds neither mcore_adapter's fields (mca_config, checkpoint_format) nor a "
                 "Megatron config with hf_model_type (ROLL's); it is not an MCA checkpoint config"
             )
         template = get_template(meta.hf_model_type)
-        if hf_config is not None:
+        if hf_config is not None and meta.hf_config is None:
             _check_hf_config(file, template, meta.mca_config, hf_config)
             meta.hf_config = dict(hf_config)
         if meta.hf_config is None:
@@ -184,14 +184,18 @@ class McaCheckpointMeta:
         )
 
     @classmethod
-    def _roll(cls, path: str | os.PathLike, data: dict[str, Any]) -> McaCheckpointMeta:
+    def _roll(
+        cls, path: str | os.PathLike, data: dict[str, Any], hf_config: dict[str, Any] | None
+    ) -> McaCheckpointMeta:
         """ROLL's ``mca_config.json``: its whole Megatron config, flat, with ``hf_model_type``
         and (in recent versions) the HF config as a string under ``hf_config_json``. The HF
-        config, where kept, decides the architecture (ROLL's dump can disagree with its own
-        weights, e.g. a ``kv_channels`` of hidden / heads beside a model whose head_dim differs);
-        the layout and the vocab padding come from the dump, as the rank files follow them."""
+        config (kept, or given) decides the architecture: ROLL's dump can disagree with its own
+        weights (a ``kv_channels`` of hidden / heads beside a model whose head_dim differs). The
+        layout and the vocab split come from the dump, as the rank files follow them; ROLL does
+        not pad the vocab (its ``padded_vocab_size`` is HF's ``vocab_size``)."""
         template = get_template(data["hf_model_type"])
-        hf_config = json.loads(data["hf_config_json"]) if data.get("hf_config_json") else None
+        if hf_config is None and data.get("hf_config_json"):
+            hf_config = json.loads(data["hf_config_json"])
         if hf_config is not None:
             mca_config = template.convert_hf_to_mca_config(hf_config)
         else:
@@ -201,6 +205,7 @@ class McaCheckpointMeta:
             if isinstance(rope, dict):  # ROLL keeps HF's rope description
                 mca_config.update(template.rope_kwargs({"rope_parameters": rope}))
             mca_config.update(template.constant_mca_config, hf_model_type=template.hf_model_type)
+            mca_config.setdefault("vocab_size", data.get("padded_vocab_size"))
         for name in (*LAYOUT_FIELDS, "padded_vocab_size", "make_vocab_size_divisible_by"):
             if data.get(name) is not None:
                 mca_config[name] = data[name]
