@@ -24,5 +24,8 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        from . import platform
+
+        platform.quiet_cpu_noise()  # before megatron.core's import-time warnings
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mcore_adapter' has no attribute {name!r}")

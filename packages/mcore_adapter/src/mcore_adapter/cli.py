@@ -170,10 +170,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """HF -> MCA -> HF on a built-in tiny model, then Megatron vs HF logits."""
     import tempfile
 
+    from . import platform
     from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
     from .testing import make_tiny_hf_checkpoint
     from .testing.compare import compare_hf_dirs
 
+    platform.quiet_cpu_noise()
     with tempfile.TemporaryDirectory(prefix="mcore-adapter-demo-") as work:
         work = Path(args.workdir or work)
         hf_dir = make_tiny_hf_checkpoint(args.model_type, work / "hf")

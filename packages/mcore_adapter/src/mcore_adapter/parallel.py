@@ -22,6 +22,7 @@ def init_process_group() -> None:
 
 def initialize_model_parallel(tp: int = 1, pp: int = 1, vpp: int | None = None, seed: int = 1234) -> None:
     """Initialize megatron's parallel state once; an existing layout is kept as it is."""
+    platform.quiet_cpu_noise()
     from megatron.core import parallel_state
 
     platform.apply_cpu_shims()

@@ -11,11 +11,18 @@ megatron-core assumes a GPU in a few places that matter for the dense GPT path:
   all-reduced after ``weight.data.cuda()``): on CPU it returns the tensor itself;
 - causal and sliding-window masks are built on "cuda": callers pass an explicit causal mask
   (``causal_attention_mask``) and the sliding-window builder is replaced by a device-free one.
+
+It also keeps a CPU run's output readable (``quiet_cpu_noise``): megatron-core warns at import
+that Transformer Engine and Apex are missing (they cannot exist on CPU) and about CUDA settings,
+and transformers draws progress bars for loading a tiny model.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import warnings
 
 import torch
 
@@ -35,6 +42,33 @@ def _sliding_window_causal_mask(sq: int, skv: int, window_size: tuple[int, int])
     m = torch.ones(sq, skv, dtype=torch.bool)
     upper = torch.triu(m, diagonal=skv - sq - window_size[0])
     return ~torch.tril(upper, diagonal=skv - sq + window_size[1])
+
+
+# Warnings megatron-core gives on every CPU machine: nothing a user can act on.
+_CPU_NOISE = (
+    r"(Transformer Engine and )?Apex (is|are) not installed",
+    r"Transformer Engine is not installed",
+    r"When using async grad allreduce it is recommended to set the environment variable CUDA_DEVICE_MAX_CONNECTIONS",
+    r"full scope is deprecated",  # megatron's own default of cuda_graph_scope
+    r"`torch\.distributed\.all_gather_into_tensor` is deprecated",  # called inside megatron
+    r"Warning: tp_group is None, using default tp group",
+)
+
+
+@functools.cache
+def quiet_cpu_noise() -> None:
+    """Silence, on CPU only, the warnings above and transformers' progress bars. Call it before
+    megatron.core or transformers is imported (``mcore_adapter``'s lazy names and
+    ``initialize_model_parallel`` do); spawned ranks inherit the environment variable."""
+    if has_cuda():
+        return
+    for message in _CPU_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers at import
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @functools.cache

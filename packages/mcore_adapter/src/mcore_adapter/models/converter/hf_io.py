@@ -61,6 +61,13 @@ class HFCheckpoint:
         if single.exists():
             with self._open(SAFE_WEIGHTS_NAME) as f:
                 return dict.fromkeys(f.keys(), SAFE_WEIGHTS_NAME)
+        shards = sorted(p.name for p in self.path.glob("*.safetensors"))
+        if shards:
+            raise CheckpointError(
+                f"{self.path} holds safetensors shards ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''}) "
+                f"but no {SAFE_WEIGHTS_INDEX_NAME}, which says which tensor is in which shard; copy the "
+                "index file that came with the shards into the directory"
+            )
         found = sorted(p.name for p in self.path.iterdir())
         raise CheckpointError(
             f"{self.path} holds no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} (found: {found}); "
@@ -197,7 +204,7 @@ class SafetensorsWriter:
                 offset += nbytes
             encoded = json.dumps(header, separators=(",", ":")).encode()
             encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
-            fd = os.open(self.path / filename, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(self.path / filename, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
             os.write(fd, struct.pack("<Q", len(encoded)) + encoded)
             start = 8 + len(encoded)
             os.ftruncate(fd, start + offset)
