@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import check_output_dir, staged_output_dir
+from .buffers import Scratch
 from .dist_converter import GATED_COLUMN, REPLICATED, ROW, VOCAB, DistConverter
 from .hf_io import (
     HF_CONFIG_NAME,
@@ -185,6 +186,7 @@ class McaTorchSource:
         self.readers = {
             (tp, pp): TorchRankReader(torch_rank_file(path, tp, pp, layout.pp)) for tp, pp in layout.ranks()
         }
+        self._scratch, self._slice_scratch = Scratch(), Scratch()
         for (_tp, pp), reader in self.readers.items():
             keys = sorted(chunk_key(c.vp_stage) for c in layout.chunks_of(pp))
             if sorted(reader.chunks) != keys:
@@ -222,6 +224,7 @@ class McaTorchSource:
                     merged = self._read_merged(name, key, local, readers)
                 produced.add(name)
                 yield name, merged
+                del merged  # the next weight may reuse its memory (buffers.Scratch)
                 if advance:
                     advance(sum(p.numel() * p.element_size() for p in shards))
         if meta:
@@ -256,17 +259,28 @@ class McaTorchSource:
         return full
 
     def _read_merged(self, name: str, key: str, local: str, readers: list[TorchRankReader]) -> torch.Tensor:
-        """``dist.merge`` of the tensor-parallel slices, reading each slice straight into its
-        place in the merged weight where the slices are row blocks (no concatenation copy)."""
+        """``dist.merge`` of the tensor-parallel slices, each read straight into its place in the
+        merged weight (no concatenation copy), in memory reused from the previous weight."""
         rule = self.dist.rule(name)
-        if rule == REPLICATED:
-            return readers[0].read(key, local)
         shard = readers[0].chunks[key][local]
         tp = len(readers)
-        if rule == ROW or shard.dim() == 0 or not shard.is_contiguous():
+        if shard.dim() == 0 or not shard.is_contiguous():
             return self.dist.merge(name, [r.read(key, local) for r in readers])
+        if rule == REPLICATED:
+            full = self._scratch.take(shard.shape, shard.dtype)
+            readers[0].read_into(key, local, full)
+            return full
+        if rule == ROW and tp > 1:  # column blocks: each slice through a second buffer into its columns
+            cols = shard.shape[1]
+            full = self._scratch.take((shard.shape[0], cols * tp, *shard.shape[2:]), shard.dtype)
+            for i, reader in enumerate(readers):
+                part = self._slice_scratch.take(shard.shape, shard.dtype)
+                reader.read_into(key, local, part)
+                full[:, i * cols : (i + 1) * cols] = part
+                del part
+            return full
         rows = shard.shape[0]
-        full = torch.empty((rows * tp, *shard.shape[1:]), dtype=shard.dtype)
+        full = self._scratch.take((rows * tp, *shard.shape[1:]), shard.dtype)
         if rule == GATED_COLUMN:  # each slice is [gate rows; up rows]: gates first, then ups
             half = rows // 2
             half_bytes = full[:half].numel() * full.element_size()
@@ -342,17 +356,17 @@ def write_mca_torch(
         total += tensor.numel() * tensor.element_size()
     logger.info(f"{desc}: checked every tensor against the config; {len(specs)} rank file(s) planned")
 
+    scratch = Scratch()
     writers = {
-        (tp, pp): TorchRankWriter(torch_rank_file(tmp, tp, pp, layout.pp), spec)
+        (tp, pp): TorchRankWriter(torch_rank_file(tmp, tp, pp, layout.pp), spec, scratch)
         for (tp, pp), spec in specs.items()
     }
     with _progress(total, desc, progress) as bar:
-        for name, tensor in source.weights():
-            tensor = _cast(tensor, dtype)
+        for name, tensor in source.weights():  # the writers cast to the planned dtype
             for chunk, local in dist.placements(name):
                 for tp_rank, part in enumerate(dist.split(name, tensor)):
                     writers[tp_rank, chunk.pp_rank].write(chunk_key(chunk.vp_stage), local, part)
-            bar.update(tensor.numel() * tensor.element_size())
+            bar.update(tensor.numel() * (dtype or tensor.dtype).itemsize)
     for writer in writers.values():
         writer.close()
     return kwargs
@@ -385,8 +399,9 @@ def write_hf(
     with _progress(writer.total_bytes, "MCA -> HF", progress) as bar:
         for name, tensor in weights(False):
             for hf_name, hf_tensor in mapper.push(name, tensor):
-                writer.write(hf_name, _cast(hf_tensor, dtype))
+                writer.write(hf_name, hf_tensor)  # cast to the planned dtype by the writer
                 bar.update(hf_tensor.numel() * dtype.itemsize)
+            tensor = hf_tensor = None  # before the next weight is read: the source reuses its memory
     report = mapper.finish()
     writer.close()
     return report

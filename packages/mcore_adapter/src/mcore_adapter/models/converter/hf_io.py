@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from .buffers import Scratch
 from .errors import CheckpointError
 
 HF_CONFIG_NAME = "config.json"
@@ -216,18 +217,20 @@ class SafetensorsWriter:
                     self.weight_map[name] = filename
             self.total_bytes += offset
         self._pending = set(self._slots)
+        self._scratch = Scratch()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor, cast to its planned dtype (a view of any strides will do)."""
         if name not in self._slots:
             raise ValueError(f"tensor {name!r} is not in the planned output")
         if name not in self._pending:
             raise ValueError(f"tensor {name!r} written twice")
         index, offset, shape, dtype = self._slots[name]
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        if tuple(tensor.shape) != shape or tensor.dtype.is_floating_point != dtype.is_floating_point:
             raise ValueError(
                 f"tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned as {shape} {dtype}"
             )
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = self._scratch.contiguous(tensor.detach(), dtype).reshape(-1).view(torch.uint8).numpy()
         if os.pwrite(self._fds[index], data, offset) != data.nbytes:
             raise OSError(f"short write of {name!r} to {self.path}")
         self._pending.discard(name)

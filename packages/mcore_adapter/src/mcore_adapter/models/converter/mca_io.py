@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .buffers import Scratch
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout
 from .template import ARCH_FIELDS, ROPE_MCA_FIELDS, ConversionError, get_template
@@ -263,7 +264,12 @@ class TorchRankWriter:
     bytes are written in place when it is ready. The result is an ordinary ``torch.save`` file.
     """
 
-    def __init__(self, file: Path, specs: dict[str, dict[str, tuple[torch.Size, torch.dtype]]]):
+    def __init__(
+        self,
+        file: Path,
+        specs: dict[str, dict[str, tuple[torch.Size, torch.dtype]]],
+        scratch: Scratch | None = None,
+    ):
         self.file = file
         file.parent.mkdir(parents=True, exist_ok=True)
         skeleton = {
@@ -281,20 +287,22 @@ class TorchRankWriter:
         }
         self._pending = set(self._slots)
         self._fd = os.open(file, os.O_RDWR)
+        self._scratch = scratch or Scratch()  # the writers of one conversion share one
 
     def write(self, key: str, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor, cast to its planned dtype (a view of any strides will do)."""
         try:
             offset, shape, dtype = self._slots[key, name]
         except KeyError:
             raise ConversionError(f"{self.file}: no slot for {key}/{name}") from None
         if (key, name) not in self._pending:
             raise ConversionError(f"{self.file}: {key}/{name} written twice")
-        if tensor.shape != shape or tensor.dtype != dtype:
+        if tensor.shape != shape or tensor.dtype.is_floating_point != dtype.is_floating_point:
             raise ConversionError(
                 f"{self.file}: {key}/{name} is {tuple(tensor.shape)} {tensor.dtype}, "
                 f"the planned slot is {tuple(shape)} {dtype}"
             )
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = self._scratch.contiguous(tensor.detach(), dtype).reshape(-1).view(torch.uint8).numpy()
         written = os.pwrite(self._fd, data, offset)
         if written != data.nbytes:
             raise OSError(f"short write to {self.file}: {written} of {data.nbytes} bytes")
