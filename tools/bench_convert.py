@@ -1,33 +1,31 @@
-"""Benchmark of the offline converter: HF -> MCA (tp2 pp2) and MCA -> HF on a synthetic llama.
+"""Benchmark of the offline converter: its fixed cost and its streaming rate, both directions,
+against the floor of reading and writing the same bytes, and optionally against an earlier
+version of itself (``--baseline REF``) and a converter that loads the whole model first.
 
-For each requested size a llama-shaped HF checkpoint (random bf16 weights, ~1 GB safetensors
-shards as on the hub) is generated, then these steps are measured:
+A synthetic llama-shaped HF checkpoint (random bf16 weights, ~1 GB safetensors shards as on the
+hub) is generated at two sizes, and each step runs as its own process, timed whole, imports
+included, because that is what a user waits for:
 
-- floor: read every tensor with ``safetensors`` and write the same bytes to one file; no
-  converter can move the data faster than this with the same libraries;
-- ours HF -> MCA: ``mcore-adapter convert SRC DST --tp 2 --pp 2``;
-- ours MCA -> HF: ``mcore-adapter convert MCA_DIR HF_OUT``;
-- naive HF -> MCA: load every shard whole, convert and split the whole model in memory, then
-  ``torch.save`` each rank's state dict (what a converter that loads the model first does).
+- floor: read every tensor with ``safetensors`` and write the same bytes to one file;
+- ours HF->MCA: ``mcore-adapter convert SRC DST --tp 2 --pp 2``; ours MCA->HF: back to HF;
+- base HF->MCA / base MCA->HF: the same with the converter of git ``--baseline REF`` (checked
+  out in a worktree under the workdir); both read the same MCA directory;
+- naive HF->MCA (``--naive``): load every shard whole, convert and split in memory, then
+  ``torch.save`` each rank (memory-hungry: about 2.5x the checkpoint).
 
-Each step runs as its own process and is timed as a whole, imports included, because that is
-what a user waits for: a converter whose startup dominates a 1 GB conversion is slow, however
-fast its inner loop. Peak RSS is the step's ``ru_maxrss`` from ``os.wait4`` (the kernel's
-high-water mark of resident memory, which counts mmapped file pages as well; measured through
-a small runner process, see ``_RUNNER``); the anonymous
-part (``RssAnon``, sampled from ``/proc``) is printed beside it to tell the two apart. The
-floor runs once before the measured runs so that every step reads from a warm page cache,
-and dirty pages are flushed (``os.sync``) before each step.
+Steps are interleaved and repeated (``--repeat``, median kept), with dirty pages flushed before
+each. From the two sizes come the marginal rate, (size_b - size_a) / (time_b - time_a), which
+no fixed cost distorts, and the fixed cost, the time extrapolated to an empty checkpoint.
+Startup is also measured on its own: ``--help``, and a whole conversion of a tiny checkpoint
+(and, for ours, the time until the first tensor is written: the converter logs the end of its
+dry run), with the venv's compiled bytecode and without any (an empty ``PYTHONPYCACHEPREFIX``
+and ``PYTHONDONTWRITEBYTECODE``: what a venv installed without ``compile-bytecode`` pays when the
+environment forbids writing ``.pyc`` files, as these machines do).
 
-Children get a private bytecode cache (``PYTHONPYCACHEPREFIX`` under the workdir, filled
-before measuring) unless ``--cold-imports``: an installation whose ``__pycache__`` cannot be
-written would otherwise recompile torch and transformers in every process.
+Peak RSS is the step's ``ru_maxrss`` from ``os.wait4``, measured through a small runner process
+(see ``_RUNNER``); the anonymous part (``RssAnon``, sampled from ``/proc``) is printed beside it.
 
-Goals (from the issue): >= 0.8x the floor's throughput, peak RSS <= 2x the largest tensor
-+ 1 GiB and flat as the checkpoint grows, >= 3x faster and >= 5x less memory than naive,
-output size equal to the tensor bytes.
-
-Usage: ``python tools/bench_convert.py [--size-gb 1 2] [--repeat N] [--keep]``.
+Usage: ``python tools/bench_convert.py [--size-gb 1 4] [--repeat 3] [--baseline REF] [--naive]``.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,8 @@ from pathlib import Path
 GB = 10**9  # throughput and checkpoint sizes: decimal, as disks and the hub count
 GIB = 1024**3  # memory
 MAX_SHARD_BYTES = 10**9  # transformers' max_shard_size="1GB"
-LAYOUT = {"tp": 2, "pp": 2}
-CONVERTER = Path(sys.executable).parent / "mcore-adapter"
+LAYOUT = ["--tp", "2", "--pp", "2"]
+REPO = Path(__file__).resolve().parents[1]
 
 LLAMA_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -57,27 +56,24 @@ LLAMA_CONFIG = {
     "intermediate_size": 5632,
     "num_attention_heads": 16,
     "num_key_value_heads": 8,
-    "head_dim": 128,
     "vocab_size": 32000,
-    "tie_word_embeddings": False,
     "rms_norm_eps": 1e-5,
     "max_position_embeddings": 4096,
     "hidden_act": "silu",
-    "attention_dropout": 0.0,
     "rope_theta": 10000.0,
-    "attention_bias": False,
-    "mlp_bias": False,
-}
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}  # as hub configs are: no head_dim, attention_bias, mlp_bias or tie_word_embeddings
+HEAD_DIM = 128
 
 GOAL_FLOOR_RATIO = 0.8
-GOAL_NAIVE_SPEEDUP = 3.0
-GOAL_NAIVE_MEMORY = 5.0
+GOAL_FIXED_COST_OVER_FLOOR = 1.5  # seconds
 
 
 # ---------------------------------------------------------------------- synthetic checkpoint
 def layer_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """Shapes of one decoder layer's tensors, layer-relative names."""
-    h, ffn, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    h, ffn, d = cfg["hidden_size"], cfg["intermediate_size"], HEAD_DIM
     q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
     return {
         "self_attn.q_proj.weight": (q, h),
@@ -103,7 +99,7 @@ def model_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def config_for_size(size_bytes: float, itemsize: int, pp: int) -> dict:
+def config_for_size(size_bytes: float, itemsize: int, pp: int = 2) -> dict:
     """The llama config whose weights come closest to ``size_bytes`` (layers a multiple of pp)."""
     cfg = {**LLAMA_CONFIG}
     per_layer = sum(math.prod(s) for s in layer_shapes(cfg).values()) * itemsize
@@ -170,7 +166,7 @@ def run_naive(src: Path, dst: Path) -> None:
         mca.update(mapper.push(name, tensor))
     mapper.finish()
 
-    layout = ParallelLayout(**LAYOUT)
+    layout = ParallelLayout(tp=2, pp=2)
     dist = DistConverter({**mca_kwargs, **layout.to_kwargs()}, layout)
     ranks: dict[tuple[int, int], dict[str, dict[str, torch.Tensor]]] = {
         rank: {} for rank in dist.layout.ranks()
@@ -192,17 +188,20 @@ class Measure:
     seconds: float
     maxrss: int  # bytes, ru_maxrss
     anon: int  # bytes, sampled peak RssAnon
+    first_tensor: float | None = None  # seconds until the converter logged the end of its dry run
 
 
-# Runs a step and reports its peak memory. Each step is started from this small process rather
-# than from the benchmark itself: Linux carries a parent's RSS high-water mark into a forked
-# child's ru_maxrss (the mm is copied at fork and its peak kept across exec), so children of a
-# process that generated a 2 GB checkpoint would all report at least its size.
+# Runs a step and reports its peak memory and when the converter's dry run ended. Each step is
+# started from this small process rather than from the benchmark itself: Linux carries a
+# parent's RSS high-water mark into a forked child's ru_maxrss (the mm is copied at fork and its
+# peak kept across exec), so children of a process that generated a 2 GB checkpoint would all
+# report at least its size.
 _RUNNER = r"""
-import json, os, subprocess, sys, threading
+import json, os, subprocess, sys, threading, time
 out, cmd = sys.argv[1], sys.argv[2:]
-proc = subprocess.Popen(cmd)
-peak, stop = [0], threading.Event()
+start = time.perf_counter()
+proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+peak, stop, first, tail = [0], threading.Event(), [None], []
 
 def sample():  # ru_maxrss mixes in file pages: sample the anonymous part too
     path = f"/proc/{proc.pid}/status"
@@ -216,34 +215,100 @@ def sample():  # ru_maxrss mixes in file pages: sample the anonymous part too
                 peak[0] = max(peak[0], int(line.split()[1]) * 1024)
 
 threading.Thread(target=sample, daemon=True).start()
+for line in proc.stderr:  # the converter logs "...checked every tensor..." when its dry run ends
+    if first[0] is None and "checked every tensor" in line:
+        first[0] = time.perf_counter() - start
+    tail = (tail + [line])[-40:]
 _, status, usage = os.wait4(proc.pid, 0)
 stop.set()
 with open(out, "w") as f:
-    json.dump({"maxrss": usage.ru_maxrss * 1024, "anon": peak[0], "exit": os.waitstatus_to_exitcode(status)}, f)
+    json.dump({"maxrss": usage.ru_maxrss * 1024, "anon": peak[0], "first": first[0],
+               "exit": os.waitstatus_to_exitcode(status), "tail": "".join(tail)}, f)
 """
 
 
-def measure(cmd: list[str], log: Path) -> Measure:
+def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Measure:
     """Run ``cmd`` as a process; its wall time and peak memory. Fails loudly on error."""
     os.sync()  # earlier steps' dirty pages are not this step's to write back
-    report = log.with_suffix(".rss.json")
-    with open(log, "wb") as out:
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-c", _RUNNER, str(report), *map(str, cmd)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
-        seconds = time.perf_counter() - start
+    report = log.with_suffix(".json")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _RUNNER, str(report), *map(str, cmd)], check=True, env=env)
+    seconds = time.perf_counter() - start
     result = json.loads(report.read_text())
     if result["exit"] != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise SystemExit(f"step failed (exit {result['exit']}): {' '.join(map(str, cmd))}\n{tail}")
-    return Measure(seconds, result["maxrss"], result["anon"])
+        raise SystemExit(f"step failed (exit {result['exit']}): {' '.join(map(str, cmd))}\n{result['tail']}")
+    return Measure(seconds, result["maxrss"], result["anon"], result["first"])
 
 
-# ---------------------------------------------------------------------- checks and sizes
+def median(measures: list[Measure]) -> Measure:
+    pick = sorted(measures, key=lambda m: m.seconds)[len(measures) // 2]
+    firsts = [m.first_tensor for m in measures if m.first_tensor is not None]
+    return Measure(
+        pick.seconds,
+        max(m.maxrss for m in measures),
+        max(m.anon for m in measures),
+        statistics.median(firsts) if firsts else None,
+    )
+
+
+# ---------------------------------------------------------------------- converters
+def converter(baseline_src: Path | None) -> list[str]:
+    """The command that runs ``mcore-adapter``: this checkout, or the baseline's sources (put
+    first on sys.path, ahead of this checkout's editable install)."""
+    if baseline_src is None:
+        return [str(Path(sys.executable).parent / "mcore-adapter")]
+    code = f"import sys; sys.path.insert(0, {str(baseline_src)!r}); from mcore_adapter.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", code]
+
+
+def checkout_baseline(ref: str, root: Path) -> Path:
+    tree = root / "baseline"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    src = tree / "packages" / "mcore_adapter" / "src"
+    # Compiled like this checkout's (uv's compile-bytecode): only torch & co. differ between them.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
+    return src
+
+
+def remove_worktree(root: Path) -> None:
+    if (root / "baseline").exists():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(root / "baseline")], check=False
+        )
+
+
+def step_commands(src: Path, mca: Path, work: Path, baseline: Path | None, naive: bool) -> dict:
+    """Each step's command line and output path. Both converters' MCA->HF read ``mca`` (ours)."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    steps = {
+        "floor": ([*me, "--_floor", str(src), str(work / "floor.bin")], work / "floor.bin"),
+        "ours HF->MCA": ([*converter(None), "convert", str(src), str(mca), *LAYOUT], mca),
+        "ours MCA->HF": ([*converter(None), "convert", str(mca), str(work / "hf_out")], work / "hf_out"),
+    }
+    if baseline is not None:
+        base = converter(baseline)
+        steps["base HF->MCA"] = (
+            [*base, "convert", str(src), str(work / "base_mca"), *LAYOUT],
+            work / "base_mca",
+        )
+        steps["base MCA->HF"] = ([*base, "convert", str(mca), str(work / "base_hf")], work / "base_hf")
+    if naive:
+        steps["naive HF->MCA"] = ([*me, "--_naive", str(src), str(work / "naive")], work / "naive")
+    return steps
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# ---------------------------------------------------------------------- checks
 def tensor_bytes(hf_dir: Path) -> tuple[int, str, int]:
     """Total tensor bytes of an HF dir, and its largest tensor's name and bytes."""
     from mcore_adapter.models.converter.hf_io import HFCheckpoint
@@ -251,10 +316,6 @@ def tensor_bytes(hf_dir: Path) -> tuple[int, str, int]:
     sizes = {n: t.numel() * t.element_size() for n, t in HFCheckpoint(hf_dir).tensors(meta=True)}
     largest = max(sizes, key=sizes.__getitem__)
     return sum(sizes.values()), largest, sizes[largest]
-
-
-def files_bytes(root: Path, pattern: str) -> int:
-    return sum(p.stat().st_size for p in root.rglob(pattern))
 
 
 def check_round_trip(src: Path, out: Path, num_layers: int) -> int:
@@ -268,123 +329,132 @@ def check_round_trip(src: Path, out: Path, num_layers: int) -> int:
         raise SystemExit(
             f"round trip changed the tensor names: {sorted(set(a.weight_map) ^ set(b.weight_map))[:10]}"
         )
-    prefixes = ("model.embed_tokens.", "lm_head.", "model.norm.", "model.layers.0.")
-    prefixes += (f"model.layers.{num_layers - 1}.",)
+    prefixes = (
+        "model.embed_tokens.",
+        "lm_head.",
+        "model.norm.",
+        "model.layers.0.",
+        f"model.layers.{num_layers - 1}.",
+    )
     names = [n for n in a.weight_map if n.startswith(prefixes)]
     for name in names:  # one by one: the two checkpoints need not be sharded alike
         (_, x), (_, y) = next(a.tensors([name])), next(b.tensors([name]))
         if x.dtype != y.dtype or not torch.equal(x, y):
-            raise SystemExit(
-                f"round trip changed {name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}"
-            )
+            raise SystemExit(f"round trip changed {name}")
     return len(names)
 
 
-def check_same_ranks(ours: Path, naive: Path) -> int:
-    """The naive converter must have written the same rank files (names, shapes, values)."""
+def check_same_ranks(ours: Path, other: Path) -> int:
+    """Another converter must have written the same rank files (names, shapes, values)."""
     import torch
 
     files = sorted(p.relative_to(ours) for p in ours.rglob("model_optim_rng.pt"))
     for rel in files:
         x = torch.load(ours / rel, mmap=True, weights_only=True)["model"]
-        y = torch.load(naive / rel, mmap=True, weights_only=True)["model"]
-        if set(x) != set(y):
-            raise SystemExit(f"{rel}: ours and naive hold different tensors: {sorted(set(x) ^ set(y))[:10]}")
-        for name in x:
-            if not torch.equal(x[name], y[name]):
-                raise SystemExit(f"{rel}: {name} differs between ours and naive")
+        y = torch.load(other / rel, mmap=True, weights_only=True)["model"]
+        if set(x) != set(y) or not all(torch.equal(x[k], y[k]) for k in x):
+            raise SystemExit(f"{rel}: {other.name} and ours hold different tensors")
     return len(files)
 
 
 # ---------------------------------------------------------------------- one size
-STEPS = ("floor", "ours HF->MCA", "ours MCA->HF", "naive HF->MCA")
-
-
 @dataclass
 class SizeResult:
     requested_gb: float
     layers: int
-    shards: int
     total: int
-    largest_name: str
     largest: int
     steps: dict[str, Measure]
-    out_bytes: dict[str, int]
-
-    @property
-    def rss_bound(self) -> int:
-        return 2 * self.largest + GIB
 
 
-def step_commands(src: Path, work: Path) -> dict[str, tuple[list[str], Path]]:
-    """Each step's command line and output path."""
-    me = [sys.executable, str(Path(__file__).resolve())]
-    layout = ["--tp", str(LAYOUT["tp"]), "--pp", str(LAYOUT["pp"])]
-    mca, hf_out = work / "mca", work / "hf_out"
-    return {
-        "floor": ([*me, "--_floor", str(src), str(work / "floor.bin")], work / "floor.bin"),
-        "ours HF->MCA": ([str(CONVERTER), "convert", str(src), str(mca), *layout], mca),
-        "ours MCA->HF": ([str(CONVERTER), "convert", str(mca), str(hf_out)], hf_out),
-        "naive HF->MCA": ([*me, "--_naive", str(src), str(work / "naive")], work / "naive"),
-    }
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def bench_size(size_gb: float, work: Path, dtype_name: str, repeat: int) -> SizeResult:
+def bench_size(size_gb: float, work: Path, args: argparse.Namespace, baseline: Path | None) -> SizeResult:
     import torch
 
-    cfg = config_for_size(size_gb * GB, getattr(torch, dtype_name).itemsize, LAYOUT["pp"])
-    src = work / "hf"
-    started = time.perf_counter()
+    dtype_name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype]
+    cfg = config_for_size(size_gb * GB, getattr(torch, dtype_name).itemsize)
+    src, mca = work / "hf", work / "mca"
     generate_checkpoint(src, cfg, dtype_name)
     total, largest_name, largest = tensor_bytes(src)
-    shards = len(list(src.glob("*.safetensors")))
     print(
-        f"\n## {size_gb:g} GB requested: llama hidden {cfg['hidden_size']}, "
-        f"{cfg['num_hidden_layers']} layers, {dtype_name}, {total / GB:.3f} GB of tensors "
-        f"in {shards} shard(s) (generated in {time.perf_counter() - started:.1f} s)",
+        f"\n## {total / GB:.3f} GB: llama hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, "
+        f"{dtype_name}; largest tensor {largest_name} {largest / 2**20:.0f} MiB",
         flush=True,
     )
-    commands = step_commands(src, work)
-    cmd, out = commands["floor"]
-    measure(cmd, work / "warmup.log")  # warm the page cache, not measured
-    remove(out)
-
-    best: dict[str, Measure] = {}
-    out_bytes: dict[str, int] = {}
-    for run in range(repeat):
-        for step in STEPS:
-            cmd, out = commands[step]
+    commands = step_commands(src, mca, work, baseline, args.naive)
+    measure(commands["floor"][0], work / "warmup")  # warm the page cache, not measured
+    remove(commands["floor"][1])
+    runs: dict[str, list[Measure]] = {step: [] for step in commands}
+    for run in range(args.repeat):
+        for step, (cmd, out) in commands.items():
             remove(out)
-            m = measure(cmd, work / f"{step.replace(' ', '_').replace('>', '')}.log")
-            print(f"  run {run + 1}/{repeat} {step:<14} {m.seconds:7.2f} s", flush=True)
-            if step not in best or m.seconds < best[step].seconds:
-                best[step] = m
-            out_bytes[step] = out.stat().st_size if out.is_file() else _dir_weight_bytes(out)
+            runs[step].append(measure(cmd, work / step.replace(" ", "_").replace(">", "")))
+            print(f"  run {run + 1}/{args.repeat} {step:<14} {runs[step][-1].seconds:7.2f} s", flush=True)
         if run == 0:
             checked = check_round_trip(src, commands["ours MCA->HF"][1], cfg["num_hidden_layers"])
-            ranks = check_same_ranks(commands["ours HF->MCA"][1], commands["naive HF->MCA"][1])
+            others = [commands[s][1] for s in ("base HF->MCA", "naive HF->MCA") if s in commands]
+            same = [check_same_ranks(mca, other) for other in others]
             print(
-                f"  checks: {checked} tensors bit-exact after HF->MCA->HF; "
-                f"{ranks} rank files identical between ours and naive",
+                f"  checks: {checked} tensors bit-exact after HF->MCA->HF; rank files identical to "
+                f"{', '.join(o.name for o in others) or 'no other converter'} ({sum(same)} files)",
                 flush=True,
             )
-        for step in STEPS:
-            if step != "ours HF->MCA":  # MCA->HF of the next run reads it
-                remove(commands[step][1])
+        for _, out in commands.values():
+            if out != mca:  # the next run's MCA->HF steps read it
+                remove(out)
     return SizeResult(
-        size_gb, cfg["num_hidden_layers"], shards, total, largest_name, largest, best, out_bytes
+        size_gb, cfg["num_hidden_layers"], total, largest, {s: median(m) for s, m in runs.items()}
     )
 
 
-def _dir_weight_bytes(path: Path) -> int:
-    return files_bytes(path, "model_optim_rng.pt") + files_bytes(path, "*.safetensors")
+# ---------------------------------------------------------------------- startup
+def bytecode_env(root: Path, compiled: bool) -> dict[str, str]:
+    """With the venv's compiled bytecode, or without any (an empty private cache, not written)."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    if compiled:
+        env.pop("PYTHONPYCACHEPREFIX", None)
+        return env
+    empty = root / "no-bytecode"
+    empty.mkdir(exist_ok=True)
+    return {**env, "PYTHONPYCACHEPREFIX": str(empty), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def measure_startup(root: Path, baseline: Path | None, repeat: int) -> dict[tuple[str, bool], Measure]:
+    """``--help`` and a whole conversion of a tiny checkpoint (2 layers of hidden 256), each way,
+    with and without compiled bytecode."""
+    tiny = root / "tiny"
+    cfg = {
+        **LLAMA_CONFIG,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": 1024,
+        "num_hidden_layers": 2,
+    }
+    generate_checkpoint(tiny / "hf", cfg, "bfloat16")  # head_dim 256 / 2 = HEAD_DIM
+    me = [sys.executable, str(Path(__file__).resolve())]
+    cases = {"floor": [*me, "--_floor", str(tiny / "hf"), str(tiny / "floor.bin")]}
+    for who, base in [("ours", None), ("base", baseline)]:
+        if who == "base" and baseline is None:
+            continue
+        cli = converter(base)
+        cases[f"{who} --help"] = [*cli, "--help"]
+        cases[f"{who} HF->MCA"] = [*cli, "convert", str(tiny / "hf"), str(tiny / f"{who}_mca"), *LAYOUT]
+        cases[f"{who} MCA->HF"] = [*cli, "convert", str(tiny / f"{who}_mca"), str(tiny / f"{who}_hf")]
+    results: dict[tuple[str, bool], Measure] = {}
+    for compiled in (True, False):
+        env = bytecode_env(root, compiled)
+        runs: dict[str, list[Measure]] = {case: [] for case in cases}
+        for _ in range(repeat):
+            for case, cmd in cases.items():
+                for p in tiny.glob("*_hf"):
+                    remove(p)
+                if case.endswith("HF->MCA"):
+                    remove(tiny / f"{case.split()[0]}_mca")
+                remove(tiny / "floor.bin")
+                runs[case].append(measure(cmd, root / "startup", env))
+        results.update({(case, compiled): median(m) for case, m in runs.items()})
+    return results
 
 
 # ---------------------------------------------------------------------- reporting
@@ -392,143 +462,95 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def print_size_table(r: SizeResult, repeat: int, startup: dict[str, float]) -> None:
-    print(f"\n### {r.total / GB:.3f} GB checkpoint ({r.layers} layers), best of {repeat}")
-    print(f"largest tensor: {r.largest_name} = {r.largest / 2**20:.1f} MiB")
-    head = f"{'step':<16}{'seconds':>9}{'GB/s':>8}{'peak RSS GiB':>14}{'anon RSS GiB':>14}"
-    head += f"{'out/tensor bytes':>18}{'GB/s excl. startup':>20}"
+def print_startup(results: dict[tuple[str, bool], Measure]) -> None:
+    print("\n### Startup (median; whole processes; tiny checkpoint of 2 layers, hidden 256)")
+    print(f"{'step':<16}{'bytecode s':>12}{'first tensor s':>16}{'no bytecode s':>15}{'first tensor s':>16}")
+    for case in dict.fromkeys(c for c, _ in results):
+        row = f"{case:<16}"
+        for compiled in (True, False):
+            m = results[case, compiled]
+            first = f"{m.first_tensor:.2f}" if m.first_tensor is not None else "-"
+            row += f"{m.seconds:>12.2f}{first:>16}" if compiled else f"{m.seconds:>15.2f}{first:>16}"
+        print(row)
+
+
+def marginal(a: SizeResult, b: SizeResult, step: str) -> tuple[float, float]:
+    """(marginal rate GB/s, fixed cost s) of a step from two sizes."""
+    dt = b.steps[step].seconds - a.steps[step].seconds
+    rate = (b.total - a.total) / GB / dt if dt > 0 else math.inf
+    fixed = a.steps[step].seconds - a.total / GB / rate if rate != math.inf else a.steps[step].seconds
+    return rate, fixed
+
+
+def print_results(results: list[SizeResult], repeat: int) -> None:
+    steps = list(results[0].steps)
+    print(f"\n### Whole processes (median of {repeat}); x floor = floor time / step time")
+    head = f"{'step':<15}" + "".join(
+        f"{f'{r.total / GB:.2f} GB s':>12}{'x floor':>9}{'RSS GiB':>9}" for r in results
+    )
     print(head)
     print("-" * len(head))
-    for step in STEPS:
-        m = r.steps[step]
-        work = m.seconds - startup["floor" if step == "floor" else "ours"]
-        print(
-            f"{step:<16}{m.seconds:>9.2f}{r.total / GB / m.seconds:>8.3f}{m.maxrss / GIB:>14.3f}"
-            f"{m.anon / GIB:>14.3f}{r.out_bytes[step] / r.total:>18.5f}"
-            f"{r.total / GB / work if work > 0 else math.inf:>20.3f}"
-        )
-    floor, to_mca, to_hf, naive = (r.steps[s] for s in STEPS)
-    print("ratios:")
-    print(
-        f"  ours HF->MCA throughput / floor: {floor.seconds / to_mca.seconds:.2f}x "
-        f"(goal >= {GOAL_FLOOR_RATIO}) {verdict(floor.seconds / to_mca.seconds >= GOAL_FLOOR_RATIO)}"
-    )
-    print(
-        f"  ours MCA->HF throughput / floor: {floor.seconds / to_hf.seconds:.2f}x "
-        f"(goal >= {GOAL_FLOOR_RATIO}) {verdict(floor.seconds / to_hf.seconds >= GOAL_FLOOR_RATIO)}"
-    )
-    speedup, memory = naive.seconds / to_mca.seconds, naive.maxrss / to_mca.maxrss
-    print(
-        f"  naive time / ours time (HF->MCA): {speedup:.2f}x (goal >= {GOAL_NAIVE_SPEEDUP}) "
-        f"{verdict(speedup >= GOAL_NAIVE_SPEEDUP)}"
-    )
-    print(
-        f"  naive RSS / ours RSS (HF->MCA): {memory:.2f}x (goal >= {GOAL_NAIVE_MEMORY}) "
-        f"{verdict(memory >= GOAL_NAIVE_MEMORY)}"
-    )
-    print(f"  RSS bound 2 x largest tensor + 1 GiB = {r.rss_bound / GIB:.3f} GiB:")
-    for step in ("ours HF->MCA", "ours MCA->HF"):
-        rss = r.steps[step].maxrss
-        print(f"    {step}: {rss / GIB:.3f} GiB {verdict(rss <= r.rss_bound)}")
-
-
-def print_flatness(results: list[SizeResult]) -> None:
-    if len(results) < 2:
+    for step in steps:
+        row = f"{step:<15}"
+        for r in results:
+            m, floor = r.steps[step], r.steps["floor"]
+            row += f"{m.seconds:>12.2f}{floor.seconds / m.seconds:>9.2f}{m.maxrss / GIB:>9.2f}"
+        print(row)
+    if len(results) < 2 or results[0].total == results[-1].total:
         return
-    print("\n### RSS as the checkpoint grows (ours)")
+    a, b = results[0], results[-1]
+    floor_rate, floor_fixed = marginal(a, b, "floor")
+    print(
+        f"\n### Marginal rate between {a.total / GB:.2f} and {b.total / GB:.2f} GB, and fixed cost (extrapolated to 0 GB)"
+    )
+    print(f"{'step':<15}{'GB/s':>8}{'x floor':>9}{'fixed s':>9}{'- floor s':>11}")
+    for step in steps:
+        rate, fixed = marginal(a, b, step)
+        print(f"{step:<15}{rate:>8.3f}{rate / floor_rate:>9.2f}{fixed:>9.2f}{fixed - floor_fixed:>11.2f}")
+    print("\nGoals:")
     for step in ("ours HF->MCA", "ours MCA->HF"):
-        values = ", ".join(f"{r.total / GB:.2f} GB: {r.steps[step].maxrss / GIB:.3f} GiB" for r in results)
-        growth = results[-1].steps[step].maxrss / results[0].steps[step].maxrss
-        size_growth = results[-1].total / results[0].total
-        print(f"  {step}: {values} -> x{growth:.2f} for x{size_growth:.2f} the size")
-
-
-def print_markdown(results: list[SizeResult]) -> None:
-    print("\n### Summary (markdown)\n")
-    print(
-        "| checkpoint | floor GB/s | ours HF->MCA GB/s (x floor) | ours MCA->HF GB/s (x floor) "
-        "| naive HF->MCA GB/s | naive/ours time | peak RSS GiB ours HF->MCA / MCA->HF / naive "
-        "| RSS bound GiB | naive/ours RSS | out/tensor bytes MCA / HF |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        floor, to_mca, to_hf, naive = (r.steps[s] for s in STEPS)
-
-        def gbs(m: Measure, r: SizeResult = r) -> float:
-            return r.total / GB / m.seconds
-
-        print(
-            f"| {r.total / GB:.2f} GB ({r.layers} layers) | {gbs(floor):.3f} "
-            f"| {gbs(to_mca):.3f} ({floor.seconds / to_mca.seconds:.2f}x) "
-            f"| {gbs(to_hf):.3f} ({floor.seconds / to_hf.seconds:.2f}x) "
-            f"| {gbs(naive):.3f} | {naive.seconds / to_mca.seconds:.2f}x "
-            f"| {to_mca.maxrss / GIB:.2f} / {to_hf.maxrss / GIB:.2f} / {naive.maxrss / GIB:.2f} "
-            f"| {r.rss_bound / GIB:.2f} | {naive.maxrss / to_mca.maxrss:.2f}x "
-            f"| {r.out_bytes['ours HF->MCA'] / r.total:.4f} / {r.out_bytes['ours MCA->HF'] / r.total:.4f} |"
+        rate, fixed = marginal(a, b, step)
+        whole = (
+            max(r.steps["floor"].seconds / r.steps[step].seconds for r in results if r.requested_gb >= 2)
+            if any(r.requested_gb >= 2 for r in results)
+            else float("nan")
         )
-    print(
-        f"\nGoals: >= {GOAL_FLOOR_RATIO}x floor throughput; peak RSS <= 2 x largest tensor + 1 GiB and flat; "
-        f">= {GOAL_NAIVE_SPEEDUP}x faster and >= {GOAL_NAIVE_MEMORY}x less memory than naive; "
-        "output bytes = tensor bytes. Each step is a whole process (imports included), warm page cache."
-    )
-
-
-def measure_startup(work: Path) -> dict[str, float]:
-    """What the processes pay before touching a tensor: the imports each step needs (the
-    converter's include transformers, for the HF config; the naive one imports the same)."""
-    floor = [sys.executable, "-c", "import torch, safetensors.torch"]
-    ours = [
-        sys.executable,
-        "-c",
-        "import mcore_adapter.cli, mcore_adapter.models.converter.convert; "
-        "from mcore_adapter.models.converter.template import get_template; "
-        f"get_template('llama').convert_hf_to_mca_config({LLAMA_CONFIG | {'num_hidden_layers': 2}!r})",
-    ]
-    for cmd in (floor, ours):  # the first run fills the bytecode cache (see child_environment)
-        measure(cmd, work / "startup_warmup.log")
-    a, b = measure(floor, work / "startup_floor.log"), measure(ours, work / "startup_ours.log")
-    print(
-        f"process startup (imports only): floor (torch + safetensors) {a.seconds:.2f} s, "
-        f"{a.maxrss / GIB:.3f} GiB; ours (converter + HF config normalization) {b.seconds:.2f} s, "
-        f"{b.maxrss / GIB:.3f} GiB"
-    )
-    return {"floor": a.seconds, "ours": b.seconds}
+        print(
+            f"  {step}: marginal {rate / floor_rate:.2f}x floor (>= {GOAL_FLOOR_RATIO}) "
+            f"{verdict(rate / floor_rate >= GOAL_FLOOR_RATIO)}; fixed cost floor + {fixed - floor_fixed:.2f} s "
+            f"(<= {GOAL_FIXED_COST_OVER_FLOOR}) {verdict(fixed - floor_fixed <= GOAL_FIXED_COST_OVER_FLOOR)}; "
+            f"whole process at >= 2 GB {whole:.2f}x floor"
+        )
+    for r in results:
+        bound = 2 * r.largest + GIB
+        for step in ("ours HF->MCA", "ours MCA->HF"):
+            rss = r.steps[step].maxrss
+            print(
+                f"  {r.total / GB:.2f} GB {step}: peak RSS {rss / GIB:.2f} GiB <= 2 x largest tensor + 1 GiB "
+                f"= {bound / GIB:.2f} {verdict(rss <= bound)}"
+            )
 
 
 # ---------------------------------------------------------------------- main
-def child_environment(root: Path, cold_imports: bool) -> str:
-    """Set the environment every measured process inherits; returns a note on imports.
-
-    Without a bytecode cache (``PYTHONDONTWRITEBYTECODE`` on an installation that has no
-    ``__pycache__``, as in some sandboxes) every process compiles torch and transformers from
-    source, several seconds that no user with a normal installation pays. The children write
-    and reuse a private cache under the workdir instead, filled before anything is measured.
-    """
-    os.environ["TQDM_DISABLE"] = "1"
-    if cold_imports:
-        setting = os.environ.get("PYTHONDONTWRITEBYTECODE")
-        return f"imports as the environment has them (PYTHONDONTWRITEBYTECODE={setting})"
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
-    return f"bytecode cache {root / 'pycache'} (warmed before measuring)"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--size-gb", type=float, nargs="+", action="extend", help="checkpoint size(s) in GB (default 2)"
+        "--size-gb",
+        type=float,
+        nargs=2,
+        default=[1.0, 4.0],
+        metavar=("A", "B"),
+        help="the two checkpoint sizes (default 1 4)",
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the median is kept (default 3)")
+    parser.add_argument("--baseline", metavar="REF", help="also measure the converter of this git ref")
+    parser.add_argument("--naive", action="store_true", help="also measure a load-everything converter")
     parser.add_argument("--workdir", type=Path, help="where to write the checkpoints (default: a /tmp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints written")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="synthetic weights")
-    parser.add_argument("--repeat", type=int, default=1, help="measured runs per step (the best is kept)")
-    parser.add_argument(
-        "--cold-imports",
-        action="store_true",
-        help="do not give the children a bytecode cache (measure imports as the environment has them)",
-    )
+    parser.add_argument("--skip-startup", action="store_true", help="do not measure startup on its own")
     parser.add_argument("--_floor", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     parser.add_argument("--_naive", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -542,28 +564,29 @@ def main(argv: list[str] | None = None) -> int:
     if args._naive:
         run_naive(*args._naive)
         return 0
-    dtype_name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype]
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_convert-", dir="/tmp"))
     root.mkdir(parents=True, exist_ok=True)
-    imports = child_environment(root, args.cold_imports)
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.pop("PYTHONPYCACHEPREFIX", None)  # the venv's own bytecode (see bytecode_env)
     print(
-        f"workdir {root}; converter {CONVERTER}; layout tp{LAYOUT['tp']} pp{LAYOUT['pp']}; "
-        f"{os.cpu_count()} CPUs; {imports}"
+        f"workdir {root}; layout tp2 pp2; {os.cpu_count()} CPUs; baseline {args.baseline or 'none'}; "
+        f"repeat {args.repeat}"
     )
-    results = []
     try:
-        startup = measure_startup(root)
-        for i, size in enumerate(args.size_gb or [2.0]):
+        baseline = checkout_baseline(args.baseline, root) if args.baseline else None
+        if not args.skip_startup:
+            print_startup(measure_startup(root, baseline, args.repeat))
+        results = []
+        for i, size in enumerate(args.size_gb):
             work = root / f"size{i}_{size:g}GB"
-            results.append(bench_size(size, work, dtype_name, max(args.repeat, 1)))
-            print_size_table(results[-1], max(args.repeat, 1), startup)
+            results.append(bench_size(size, work, args, baseline))
             if not args.keep:
                 shutil.rmtree(work)
+        print_results(results, args.repeat)
     finally:
+        remove_worktree(root)
         if not args.keep and args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    print_flatness(results)
-    print_markdown(results)
     return 0
 
 

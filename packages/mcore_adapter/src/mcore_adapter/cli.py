@@ -371,7 +371,10 @@ def _configure_output() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or an argument error (2), already printed
+        return e.code if isinstance(e.code, int) else 0
     _configure_output()
     try:
         return args.func(args)
