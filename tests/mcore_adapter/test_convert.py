@@ -153,3 +153,44 @@ def test_converter_does_not_import_megatron_or_modeling(tiny_checkpoint, tmp_pat
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mca_checkpoint_without_hf_config_exports_the_same_model(tiny_checkpoint, tmp_path):
+    """Megatron-LM keeps no HF config: the one rebuilt from the Megatron config (with the token
+    ids of generation_config.json) keeps architectures and Llama-3 rope scaling, and transformers
+    computes the same logits from the export as from the original."""
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_checkpoint("llama")
+    convert_hf_to_mca(src, tmp_path / "mca", progress=False)
+    config_file = tmp_path / "mca" / "mca_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "hf_config": None}))
+    assert main(["convert", str(tmp_path / "mca"), str(tmp_path / "hf")]) == 0
+    original = json.loads((src / "config.json").read_text())
+    rebuilt = json.loads((tmp_path / "hf" / "config.json").read_text())
+    for field in ("architectures", "rope_parameters", "head_dim", "num_key_value_heads", "eos_token_id"):
+        assert rebuilt[field] == original[field], field
+    tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    logits = [
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()(tokens).logits
+        for path in (src, tmp_path / "hf")
+    ]
+    assert torch.equal(*logits)
+
+
+def test_hub_style_config_converts_without_importing_transformers(tiny_checkpoint, tmp_path):
+    """Hub configs leave out head_dim, attention_bias, mlp_bias...: transformers' defaults for them
+    are the template's own (checked against transformers in test_template.py)."""
+    import subprocess
+
+    src = _copy_checkpoint(tiny_checkpoint("llama"), tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    for field in ("attention_bias", "mlp_bias", "attention_dropout", "tie_word_embeddings"):
+        del config[field]  # (head_dim stays: the tiny model's 32 is not hidden / heads)
+    (src / "config.json").write_text(json.dumps(config))
+    code = (
+        "import sys; from mcore_adapter.cli import main;"
+        f"assert main(['convert', {str(src)!r}, {str(tmp_path / 'mca')!r}]) == 0;"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -124,8 +124,8 @@ def _swap_gate_up(op):
 
 
 def _ungrouped_qkv(op):
-    if type(op) is QKVConverOp:
-        return ConcatConverOp(op.hf_names, op.mca_names, dim=0, sizes=None)
+    if type(op) is QKVConverOp:  # the right shapes (tiny llama: q 4 x 32 rows, k and v 2 x 32), wrong order
+        return ConcatConverOp(op.hf_names, op.mca_names, dim=0, sizes=[128, 64, 64])
     return op
 
 
@@ -163,15 +163,17 @@ def test_rope_scaling_parameters_and_sliding_window_matter(megatron, tiny_checkp
     assert diff > 1e-2, diff
 
 
-def test_verify_cli_prints_max_abs_diff_last(megatron, tiny_checkpoint, capsys):
+def test_verify_cli_prints_max_abs_diff_last(megatron, tiny_checkpoint, capsys, monkeypatch):
     from mcore_adapter.cli import main
 
     path = str(tiny_checkpoint("qwen2"))
     assert main(["verify", path]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("max_abs_diff=") and float(last.split("=")[1]) <= PARITY_TOL
-    # fp32 CPU parity is often exactly 0.0: a negative tolerance exercises the failing exit code
-    assert main(["verify", path, "--tol", "-1"]) == 1
+    # A wrong conversion (gate and up swapped) fails with exit status 1.
+    monkeypatch.setitem(template_module._TEMPLATES, "qwen2", _with_ops(get_template("qwen2"), _swap_gate_up))
+    assert main(["verify", path]) == 1
+    assert float(capsys.readouterr().out.strip().splitlines()[-1].split("=")[1]) > 1.0
 
 
 def test_mca_to_hf_from_torch_dist_through_the_cli(megatron, tiny_checkpoint, tmp_path):

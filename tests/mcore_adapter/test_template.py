@@ -127,6 +127,29 @@ def test_complete_configs_skip_transformers_with_the_same_result(model_type):
     assert template.convert_hf_to_mca_config(raw) == expected
 
 
+def _default_cases():
+    for model_type in MODEL_TYPES:
+        for path in get_template(model_type).hf_config_defaults:
+            yield pytest.param(model_type, path, id=f"{model_type}-{path}")
+
+
+@pytest.mark.parametrize(("model_type", "path"), list(_default_cases()))
+def test_defaults_for_left_out_fields_are_transformers_own(model_type, path, monkeypatch):
+    """A config without the field (as hub configs often are) converts without transformers, to
+    the Megatron config transformers' own defaults give."""
+    template = get_template(model_type)
+    raw = json.loads(tiny_hf_config(model_type).to_json_string(use_diff=False))
+    top, _, leaf = path.partition(".")
+    raw.pop(top if leaf else path, None)  # rope_parameters.*: a config with no rope description at all
+    expected = template.convert_hf_to_mca_config(template.transformers_normalized_hf_config(raw))
+
+    def no_transformers(config):
+        raise AssertionError(f"the defaults left {path!r} to transformers")
+
+    monkeypatch.setattr(template, "transformers_normalized_hf_config", no_transformers)
+    assert template.convert_hf_to_mca_config(raw) == expected
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_legacy_rope_fields_are_folded_like_transformers(model_type):
     """Hub configs written before transformers 5 state rope_theta / rope_scaling."""

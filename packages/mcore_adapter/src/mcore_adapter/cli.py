@@ -84,6 +84,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     layout = _layout(args)
 
     from .models.converter import convert
+    from .models.converter.buffers import keep_freed_memory
     from .models.converter.hf_io import read_json
     from .models.converter.mca_io import McaCheckpointMeta
 
@@ -93,6 +94,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out_format = (args.format or "torch") if to_mca else "hf"
     kw = {"dtype": args.dtype, "force": args.force}
     if src_format != "torch_dist" and out_format != "torch_dist":  # offline, torch + safetensors only
+        keep_freed_memory()
         if out_format == "hf":
             convert.convert_mca_to_hf(src, dst, hf_config=hf_config, **kw)
         elif src_format == "hf":

@@ -72,7 +72,7 @@ def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]
             continue
         if item.suffix in _WEIGHT_SUFFIXES or item.name.endswith(".index.json"):
             continue
-        shutil.copy2(item, Path(dst) / item.name)
+        shutil.copyfile(item, Path(dst) / item.name)  # made as new files are: the umask decides the mode
         copied.append(item.name)
     return copied
 
@@ -186,7 +186,7 @@ class McaTorchSource:
         self.readers = {
             (tp, pp): TorchRankReader(torch_rank_file(path, tp, pp, layout.pp)) for tp, pp in layout.ranks()
         }
-        self._scratch, self._slice_scratch = Scratch(), Scratch()
+        self._scratch = Scratch()
         for (_tp, pp), reader in self.readers.items():
             keys = sorted(chunk_key(c.vp_stage) for c in layout.chunks_of(pp))
             if sorted(reader.chunks) != keys:
@@ -270,14 +270,12 @@ class McaTorchSource:
             full = self._scratch.take(shard.shape, shard.dtype)
             readers[0].read_into(key, local, full)
             return full
-        if rule == ROW and tp > 1:  # column blocks: each slice through a second buffer into its columns
-            cols = shard.shape[1]
-            full = self._scratch.take((shard.shape[0], cols * tp, *shard.shape[2:]), shard.dtype)
+        if rule == ROW and tp > 1 and shard.dim() == 2:  # column blocks: each slice's rows into place
+            full = self._scratch.take((shard.shape[0], shard.shape[1] * tp), shard.dtype)
+            grid = full.view(torch.uint8).numpy()  # rows x bytes
+            width = grid.shape[1] // tp
             for i, reader in enumerate(readers):
-                part = self._slice_scratch.take(shard.shape, shard.dtype)
-                reader.read_into(key, local, part)
-                full[:, i * cols : (i + 1) * cols] = part
-                del part
+                reader.read_rows_into(key, local, grid[:, i * width : (i + 1) * width])
             return full
         rows = shard.shape[0]
         full = self._scratch.take((rows * tp, *shard.shape[1:]), shard.dtype)

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .buffers import Scratch
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout
 from .template import ARCH_FIELDS, ROPE_MCA_FIELDS, ConversionError, get_template
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
 MCA_CONFIG_NAME = "mca_config.json"
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
@@ -370,6 +373,24 @@ class TorchRankReader:
             view = out.view(-1).view(torch.uint8).numpy()
             if f.readinto(view) != view.nbytes:
                 raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
+
+    def read_rows_into(self, key: str, name: str, rows: np.ndarray) -> None:
+        """Read a stored contiguous tensor row by row into ``rows`` (bytes: one row per stored
+        row, each contiguous, e.g. this rank's column block of a merged row-parallel weight),
+        scattered into place by the kernel (``preadv``) rather than read and then copied."""
+        meta = self.chunks[key][name]
+        if not meta.is_contiguous() or rows.shape[0] * rows.shape[1] != meta.numel() * meta.element_size():
+            raise ValueError(f"{key}/{name}: {rows.shape} bytes do not hold the stored {tuple(meta.shape)}")
+        start = meta.untyped_storage()._checkpoint_offset + meta.storage_offset() * meta.element_size()
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            for first in range(0, rows.shape[0], _IOV_MAX):
+                batch = list(rows[first : first + _IOV_MAX])
+                expected = len(batch) * rows.shape[1]
+                if os.preadv(fd, batch, start + first * rows.shape[1]) != expected:
+                    raise CheckpointError(f"{self.file} is truncated at {key}/{name}")
+        finally:
+            os.close(fd)
 
 
 def load_torch_rank(file: Path, vp_stage: int | None = None) -> dict[str, torch.Tensor]:
