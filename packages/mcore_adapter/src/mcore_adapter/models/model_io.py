@@ -362,7 +362,7 @@ class ModelSource:
         self.hf_weight_dtype = config.hf_weight_dtype
         self.plan = _plan(models, dist_converter(config))
 
-    def weights(self, meta: bool = False, advance=None):
+    def weights(self, meta: bool = False):
         if meta:
             for _, name, shape, dtype in self.plan:
                 yield name, torch.empty(shape, dtype=dtype, device="meta")

@@ -132,15 +132,13 @@ class HFSource:
         self.op_config = self.template.op_config(self.mca_kwargs)
         self.report = ConversionReport()
 
-    def weights(self, meta: bool = False, advance: Callable[[int], Any] | None = None) -> Weights:
+    def weights(self, meta: bool = False) -> Weights:
         """The canonical weights. With ``meta`` (the dry run) every tensor's header is checked
         against the config, and all problems are raised together once every header is read."""
         if not meta:
             mapper = self.template.mapper(self.op_config, to_mca=True)
             for name, tensor in self.ckpt.tensors():
                 yield from mapper.push(name, tensor)
-                if advance:
-                    advance(tensor.numel() * tensor.element_size())
             self.report = mapper.finish()
             return
         problems = Problems()
@@ -202,7 +200,7 @@ class McaTorchSource:
                     f"{sorted(names ^ first)[:5]}"
                 )
 
-    def weights(self, meta: bool = False, advance: Callable[[int], Any] | None = None) -> Weights:
+    def weights(self, meta: bool = False) -> Weights:
         """The canonical weights, each merged from its tensor-parallel slices. With ``meta``
         (the dry run) every slice's shape is checked against the config, and all problems are
         raised together once every rank file's header is read."""
@@ -217,7 +215,6 @@ class McaTorchSource:
                 name = self.dist.canonical_name(chunk, local)
                 if local.endswith("_extra_state") or name is None:
                     continue
-                shards = [r.chunks[key][local] for r in readers]
                 if meta:
                     merged = self._check_slices(name, key, local, readers, shapes, problems)
                 else:
@@ -225,8 +222,6 @@ class McaTorchSource:
                 produced.add(name)
                 yield name, merged
                 del merged  # the next weight may reuse its memory (buffers.Scratch)
-                if advance:
-                    advance(sum(p.numel() * p.element_size() for p in shards))
         if meta:
             check_complete(self.template, self.op_config, produced, problems)
             roll = self.meta.extra.get("written_by") == "ROLL"
@@ -311,7 +306,8 @@ class _StageLog:
     def __enter__(self):
         self.start = time.perf_counter()
         if self.enabled:
-            logger.info(f"{self.desc}: writing {self.total / 1e9:.3f} GB")
+            size = f"{self.total / 1e9:.2f} GB" if self.total >= 1e8 else f"{self.total / 1e6:.1f} MB"
+            logger.info(f"{self.desc}: writing {size}")
         return self
 
     def update(self, n: int) -> None:

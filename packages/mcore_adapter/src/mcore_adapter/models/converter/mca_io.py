@@ -157,7 +157,7 @@ class McaCheckpointMeta:
                 "Megatron config with hf_model_type (ROLL's); it is not an MCA checkpoint config"
             )
         template = get_template(meta.hf_model_type)
-        if hf_config is not None and meta.hf_config is None:
+        if hf_config is not None and "mca_config" in data:  # given: it must describe these weights
             _check_hf_config(file, template, meta.mca_config, hf_config)
             meta.hf_config = dict(hf_config)
         if meta.hf_config is None:
