@@ -22,6 +22,10 @@ dry run), with the venv's compiled bytecode and without any (an empty ``PYTHONPY
 and ``PYTHONDONTWRITEBYTECODE``: what a venv installed without ``compile-bytecode`` pays when the
 environment forbids writing ``.pyc`` files, as these machines do).
 
+With ``--drop-caches`` (root) every step starts from the same memory state: its input in the
+page cache and nothing else (see ``drop_page_cache``); without it, on a machine whose memory the
+checkpoints fill, a step's time depends on what the steps before it left in the page cache.
+
 Peak RSS is the step's ``ru_maxrss`` from ``os.wait4``, measured through a small runner process
 (see ``_RUNNER``); the anonymous part (``RssAnon``, sampled from ``/proc``) is printed beside it.
 
@@ -301,6 +305,20 @@ def step_commands(src: Path, mca: Path, work: Path, baseline: Path | None, naive
     return steps
 
 
+def drop_page_cache(warm: Path) -> None:
+    """Start a step from a known memory state (``--drop-caches``, root only): every dirty page
+    written, the page cache emptied, then the step's input read once, so the input is cached
+    and nothing else is. Without it a step that writes into a full page cache pays the kernel's
+    reclaim (measured here: the floor's system time went from 1.9 to 5.3 s on the same 4 GB),
+    and which step pays depends on what ran before."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    for file in [warm] if warm.is_file() else sorted(p for p in warm.rglob("*") if p.is_file()):
+        with open(file, "rb", buffering=0) as f:
+            while f.read(64 << 20):
+                pass
+
+
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -396,6 +414,8 @@ def bench_size(size_gb: float, work: Path, args: argparse.Namespace, baseline: P
     for run in range(args.repeat):
         for step, (cmd, out) in commands.items():
             remove(out)
+            if args.drop_caches:
+                drop_page_cache(mca if step.endswith("MCA->HF") else src)
             runs[step].append(measure(cmd, work / step.replace(" ", "_").replace(">", "")))
             print(f"  run {run + 1}/{args.repeat} {step:<14} {runs[step][-1].seconds:7.2f} s", flush=True)
             if run == 0:
@@ -551,6 +571,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="where to write the checkpoints (default: a /tmp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints written")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="synthetic weights")
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="root: before each step empty the page cache and read the step's input (see drop_page_cache)",
+    )
     parser.add_argument("--skip-startup", action="store_true", help="do not measure startup on its own")
     parser.add_argument("--_floor", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     parser.add_argument("--_naive", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)

@@ -182,6 +182,12 @@ ROWS = [
         r"holds other files \(notes\.txt\)",
     ),
     _row(
+        "force-over-a-file",
+        [_hf, _write_json("../dst", {"mine": True})],
+        ["convert", SRC, DST, "--force"],
+        "is a file",
+    ),
+    _row(
         "transposed-down-proj",
         [_hf, _edit_weights(_transposed(DOWN))],
         ["convert", SRC, DST],

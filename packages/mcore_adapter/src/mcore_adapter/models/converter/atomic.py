@@ -82,7 +82,12 @@ def check_output_dir(dst: str | os.PathLike, force: bool, sources: Iterable[str 
         raise OutputExistsError(
             f"output directory {dst} already exists; choose a new path or pass --force (force=True) to replace it"
         )
-    if dst.is_dir() and not dst.is_symlink():
+    if not dst.is_dir():
+        raise OutputExistsError(
+            f"{dst} is a file; --force replaces an earlier checkpoint directory, never a file: "
+            "choose another destination or remove it yourself"
+        )
+    if not dst.is_symlink():  # a link to a directory is replaced, its target left alone
         entries = sorted(p.name for p in dst.iterdir())
         if entries and not any(name in entries for name in CHECKPOINT_MARKERS):
             raise OutputExistsError(

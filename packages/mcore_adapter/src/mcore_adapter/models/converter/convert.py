@@ -348,7 +348,8 @@ def write_mca_torch(
             for tp_rank, part in enumerate(dist.split(name, tensor)):
                 specs[tp_rank, chunk.pp_rank][chunk_key(chunk.vp_stage)][local] = (part.shape, part.dtype)
         total += tensor.numel() * tensor.element_size()
-    logger.info(f"{desc}: checked every tensor against the config; {len(specs)} rank file(s) planned")
+    if progress:
+        logger.info(f"{desc}: checked every tensor against the config; {len(specs)} rank file(s) planned")
 
     scratch = Scratch()
     writers = {
@@ -385,10 +386,11 @@ def write_hf(
     mapper.finish()
     extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
     writer = SafetensorsWriter(tmp, plan, **extra)
-    logger.info(
-        f"MCA -> HF: checked every tensor against the config; {len(set(writer.weight_map.values()))} "
-        "safetensors file(s) planned"
-    )
+    if progress:
+        files = len(set(writer.weight_map.values()))
+        logger.info(
+            f"MCA -> HF: checked every tensor against the config; {files} safetensors file(s) planned"
+        )
     mapper = template.mapper(op_config, to_mca=False)
     with _progress(writer.total_bytes, "MCA -> HF", progress) as bar:
         for name, tensor in weights(False):
