@@ -25,6 +25,17 @@ def test_every_registered_template_has_a_tiny_fixture():
     assert not missing, f"templates without a tiny model in mcore_adapter.testing.TINY_MODELS: {missing}"
 
 
+@pytest.mark.parametrize("model_type", registered_model_types())
+def test_every_megatron_weight_of_a_template_has_a_shape_rule(model_type, tiny_checkpoint):
+    """The dry run checks a weight's shape only where converter/shapes.py knows it: a template
+    adding a Megatron weight must add its rule (wildcard subtrees excepted)."""
+    from mcore_adapter.models.converter.shapes import ShapeCheck
+
+    template = get_template(model_type)
+    config = json.loads((tiny_checkpoint(model_type) / "config.json").read_text())
+    assert ShapeCheck(template, template.convert_hf_to_mca_config(config)).unknown_mca_names() == []
+
+
 def test_builtin_families_are_registered():
     assert {"llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl"} <= set(registered_model_types())
 

@@ -12,7 +12,6 @@ model that loads them checks them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -128,14 +127,6 @@ class ShapeCheck:
             for name in op.mca_names
             if "{}" not in name and name not in MCA_SHAPES
         )
-
-
-def meta_like(shape: Shape, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device="meta")
-
-
-def nbytes(shape: Shape, dtype: torch.dtype) -> int:
-    return math.prod(shape) * dtype.itemsize
 
 
 class Problems:

@@ -195,7 +195,10 @@ class Template:
         if "rope_scaling" not in folded:  # a legacy rope_scaling without rope_theta: transformers' job
             for path, default in self.hf_config_defaults.items():
                 if _get_path(folded, path) is _MISSING:
-                    _set_path(folded, path, default(folded) if callable(default) else default)
+                    try:
+                        _set_path(folded, path, default(folded) if callable(default) else default)
+                    except KeyError:  # derived from a field the config lacks too: transformers' job
+                        continue
         if self._states_every_field(folded):
             return folded
         return self.transformers_normalized_hf_config(hf_config)
