@@ -73,7 +73,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     layout_flags = _layout_given(args)
     if args.format == "torch_dist" and layout_flags:
         raise UserError(
-            f"{', '.join(layout_flags)} describe the layout of a 'torch' checkpoint; 'torch_dist' is "
+            f"{', '.join(layout_flags)} {'describes' if len(layout_flags) == 1 else 'describe'} the layout "
+            "of a 'torch' checkpoint; 'torch_dist' is "
             "layout-free (Megatron reshards it on load): drop them, or write --format torch"
         )
     if kind == "hf" and args.hf_config:
