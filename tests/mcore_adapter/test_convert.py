@@ -194,3 +194,16 @@ def test_hub_style_config_converts_without_importing_transformers(tiny_checkpoin
         "assert 'transformers' not in sys.modules, 'transformers was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2_vl"])
+def test_hf_config_given_for_a_checkpoint_without_one(model_type, tiny_checkpoint, tmp_path):
+    """--hf-config is checked against the Megatron config as values, not as text: nested
+    configs (vision_config) come back from mca_config.json with their keys sorted."""
+    src = tiny_checkpoint(model_type)
+    convert_hf_to_mca(src, tmp_path / "mca", progress=False)
+    config_file = tmp_path / "mca" / "mca_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "hf_config": None}))
+    original = json.loads((src / "config.json").read_text())
+    convert_mca_to_hf(tmp_path / "mca", tmp_path / "hf", progress=False, hf_config=original)
+    assert compare_hf_dirs(src, tmp_path / "hf") == []

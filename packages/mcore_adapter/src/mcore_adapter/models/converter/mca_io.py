@@ -26,7 +26,7 @@ import torch
 from .buffers import Scratch
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout
-from .template import ARCH_FIELDS, ROPE_MCA_FIELDS, ConversionError, get_template
+from .template import ARCH_FIELDS, ROPE_MCA_FIELDS, ConversionError, as_json, get_template
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
@@ -236,7 +236,7 @@ def _check_hf_config(file: Path, template, mca_config: dict[str, Any], hf_config
     differ = [
         f"{k}: {mca_config[k]!r} here, {implied[k]!r} in the HF config"
         for k in implied
-        if k in mca_config and k not in LAYOUT_FIELDS and json.dumps(mca_config[k]) != json.dumps(implied[k])
+        if k in mca_config and k not in LAYOUT_FIELDS and as_json(mca_config[k]) != as_json(implied[k])
     ]
     if differ:
         raise CheckpointError(

@@ -70,7 +70,7 @@ _builtins_loaded = False
 _MISSING = object()
 
 
-def _as_json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """The value as mca_config.json gives it back (dict keys become strings)."""
     return json.loads(json.dumps(value))
 
@@ -273,7 +273,7 @@ class Template:
             out["architectures"] = [self.hf_architecture]
         for hf_path, mca_field in self.config_hf_to_mca.items():
             if mca_field in mca_kwargs:
-                _set_path(out, hf_path, _as_json(mca_kwargs[mca_field]))
+                _set_path(out, hf_path, as_json(mca_kwargs[mca_field]))
             else:
                 missing.append(f"{hf_path} (Megatron field {mca_field})")
         rope_path = next((p for p in self.config_hf_to_mca if p.endswith("rope_theta")), None)
@@ -315,7 +315,7 @@ class Template:
         changed = {
             hf_path: mca_kwargs[mca_field]
             for hf_path, mca_field in self.config_hf_to_mca.items()
-            if mca_field in mca_kwargs and _as_json(forward.get(mca_field)) != _as_json(mca_kwargs[mca_field])
+            if mca_field in mca_kwargs and as_json(forward.get(mca_field)) != as_json(mca_kwargs[mca_field])
         }
         if not changed:
             return copy.deepcopy(dict(hf_config))
