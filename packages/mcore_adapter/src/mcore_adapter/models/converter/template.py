@@ -109,13 +109,14 @@ ARCH_FIELDS = (
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 # Megatron fields a template derives from HF's ``rope_parameters`` (see Template.rope_kwargs).
-ROPE_MCA_FIELDS = (
-    "rope_scaling",
-    "rope_scaling_factor",
-    "rope_scaling_low_freq_factor",
-    "rope_scaling_high_freq_factor",
-    "rope_scaling_original_max_position_embeddings",
-)
+# Llama-3 rope scaling: HF rope_parameters key -> Megatron field (with rope_scaling=True).
+LLAMA3_ROPE_HF_TO_MCA = {
+    "factor": "rope_scaling_factor",
+    "low_freq_factor": "rope_scaling_low_freq_factor",
+    "high_freq_factor": "rope_scaling_high_freq_factor",
+    "original_max_position_embeddings": "rope_scaling_original_max_position_embeddings",
+}
+ROPE_MCA_FIELDS = ("rope_scaling", *LLAMA3_ROPE_HF_TO_MCA.values())
 
 
 def _get_path(config: Mapping[str, Any], path: str) -> Any:
@@ -241,9 +242,7 @@ class Template:
         if rope_type == "default":
             return {}
         if rope_type == "llama3":
-            values = (True, rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"])
-            values += (rope["original_max_position_embeddings"],)
-            return dict(zip(ROPE_MCA_FIELDS, values, strict=True))
+            return {"rope_scaling": True, **{mca: rope[hf] for hf, mca in LLAMA3_ROPE_HF_TO_MCA.items()}}
         raise ConversionError(
             f"template {self.hf_model_type!r}: rope_type {rope_type!r} is not supported "
             "(supported: 'default', 'llama3')"
@@ -277,20 +276,12 @@ class Template:
             else:
                 missing.append(f"{hf_path} (Megatron field {mca_field})")
         rope_path = next((p for p in self.config_hf_to_mca if p.endswith("rope_theta")), None)
-        if rope_path is not None and mca_kwargs.get("rope_scaling"):
+        if rope_path is not None:
             parent = rope_path.rpartition(".")[0]
-            llama3 = ("llama3", *(mca_kwargs.get(f) for f in ROPE_MCA_FIELDS[1:]))
-            keys = (
-                "rope_type",
-                "factor",
-                "low_freq_factor",
-                "high_freq_factor",
-                "original_max_position_embeddings",
-            )
-            for key, value in zip(keys, llama3, strict=True):
-                _set_path(out, f"{parent}.{key}", value)
-        elif rope_path is not None:
-            _set_path(out, rope_path.rpartition(".")[0] + ".rope_type", "default")
+            llama3 = bool(mca_kwargs.get("rope_scaling"))
+            _set_path(out, f"{parent}.rope_type", "llama3" if llama3 else "default")
+            for hf, mca in LLAMA3_ROPE_HF_TO_MCA.items() if llama3 else ():
+                _set_path(out, f"{parent}.{hf}", mca_kwargs.get(mca))
         for path, value in self.hf_config_expect.items():
             _set_path(out, path, value)
         out["dtype"] = dtype
