@@ -10,7 +10,14 @@ megatron-core assumes a GPU in a few places that matter for the dense GPT path:
 - ``Tensor.cuda()`` moves tensors to "the" device (tied embeddings over pipeline stages are
   all-reduced after ``weight.data.cuda()``): on CPU it returns the tensor itself;
 - causal and sliding-window masks are built on "cuda": callers pass an explicit causal mask
-  (``causal_attention_mask``) and the sliding-window builder is replaced by a device-free one.
+  (``causal_attention_mask``) and the sliding-window builder is replaced by a device-free one;
+- the alltoall token dispatcher and overlapped shared experts copy routing counts on a side
+  CUDA stream: streams and events become no-ops, and the dispatcher's "to host" helper hands
+  back numpy for tensors already on the host (it does so only for CUDA tensors).
+
+Without Transformer Engine (always on CPU, possibly on a GPU machine) Megatron's local layer
+spec needs two more fixes for mixture-of-experts and multi-latent attention
+(``apply_local_spec_fixes``).
 
 It also keeps a CPU run's output readable (``quiet_cpu_noise``): megatron-core warns at import
 that Transformer Engine and Apex are missing (they cannot exist on CPU) and about CUDA settings,
@@ -19,6 +26,7 @@ and transformers draws progress bars for loading a tiny model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -84,6 +92,93 @@ def apply_cpu_shims() -> bool:
     from megatron.core.fusions import fused_softmax
 
     fused_softmax.get_sliding_window_causal_mask = _sliding_window_causal_mask
+    torch.cuda.Stream = _HostStream  # type: ignore[assignment, misc]
+    torch.cuda.Event = _HostEvent  # type: ignore[assignment, misc]
+    torch.cuda.current_stream = lambda device=None: _HOST_STREAM  # type: ignore[assignment]
+    torch.cuda.stream = lambda stream=None: contextlib.nullcontext()  # type: ignore[assignment]
+
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    to_host = moe_utils.maybe_move_tensor_to_cpu
+
+    def maybe_move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
+        # Megatron converts to numpy only when it copies from CUDA; the alltoall dispatcher
+        # needs the numpy form (split sizes) either way.
+        out = to_host(tensor, as_numpy=as_numpy, record_stream=record_stream)
+        return out.numpy() if as_numpy and torch.is_tensor(out) else out
+
+    token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
+    return True
+
+
+class _HostEvent:
+    """A CUDA event stand-in: on the host every operation has completed when it returns."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+class _HostStream(_HostEvent):
+    """A CUDA stream stand-in (see ``_HostEvent``)."""
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def record_event(self, event=None) -> _HostEvent:
+        return event or _HostEvent()
+
+
+_HOST_STREAM = _HostStream()
+
+
+@functools.cache
+def apply_local_spec_fixes() -> None:
+    """Fixes for Megatron's local (non Transformer Engine) layer spec with mixture-of-experts
+    and multi-latent attention, in megatron-core 0.16.1. Applied whenever a model is built
+    with the local spec."""
+    from megatron.core.models.backends import LocalSpecProvider
+    from megatron.core.transformer import multi_latent_attention
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.moe import moe_utils
+
+    # The router's GEMM checks `te_general_gemm is not None`, a name that only exists when the
+    # Transformer Engine import succeeded.
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    # MLA takes the TE branch when its (mocked) TE import "succeeds" without TE installed.
+    if not _have_transformer_engine():
+        multi_latent_attention.HAVE_TE = False
+
+    class LocalCoreAttention(DotProductAttention):
+        """The local core attention, accepting the per-head q/k and v widths that MLA passes
+        (TE's attention takes them); the widths follow from the tensors themselves here."""
+
+        def __init__(self, *args, k_channels=None, v_channels=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    LocalSpecProvider.core_attention = lambda self: LocalCoreAttention
+
+
+def _have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
     return True
 
 

@@ -60,21 +60,25 @@ def dense_hf_config_defaults(**family: object) -> dict[str, object]:
 ROTARY_INV_FREQ_KEYS = [".self_attn.rotary_emb.inv_freq", "model.rotary_emb.inv_freq"]
 
 
-def dense_weight_converters(qkv_bias: bool = False, qk_norm: bool = False) -> list[ConverOp]:
-    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names)."""
-    ops: list[ConverOp] = [
+def global_ops() -> list[ConverOp]:
+    """Embedding, final norm and output layer of a llama-style decoder."""
+    return [
         RenameConverOp("model.embed_tokens.weight", "embedding.word_embeddings.weight"),
         RenameConverOp("model.norm.weight", "decoder.final_layernorm.weight"),
         RenameConverOp("lm_head.weight", "output_layer.weight"),
+    ]
+
+
+def attention_ops(qkv_bias: bool = False, qk_norm: bool | str = False) -> list[ConverOp]:
+    """Grouped-query attention with its input norm fused into ``linear_qkv`` (TE names).
+    ``qk_norm`` may name the Megatron field that turns the q/k norms on."""
+    ops: list[ConverOp] = [
         RenameConverOp(".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"),
         QKVConverOp(
             [".self_attn.q_proj.weight", ".self_attn.k_proj.weight", ".self_attn.v_proj.weight"],
             ".self_attention.linear_qkv.weight",
         ),
         RenameConverOp(".self_attn.o_proj.weight", ".self_attention.linear_proj.weight"),
-        RenameConverOp(".post_attention_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"),
-        StackConverOp([".mlp.gate_proj.weight", ".mlp.up_proj.weight"], ".mlp.linear_fc1.weight", dim=0),
-        RenameConverOp(".mlp.down_proj.weight", ".mlp.linear_fc2.weight"),
     ]
     if qkv_bias:
         ops.append(
@@ -83,12 +87,26 @@ def dense_weight_converters(qkv_bias: bool = False, qk_norm: bool = False) -> li
                 ".self_attention.linear_qkv.bias",
             )
         )
+        if isinstance(qkv_bias, str):
+            ops[-1].only(if_config=qkv_bias)
     if qk_norm:
-        ops += [
+        norms = [
             RenameConverOp(".self_attn.q_norm.weight", ".self_attention.q_layernorm.weight"),
             RenameConverOp(".self_attn.k_norm.weight", ".self_attention.k_layernorm.weight"),
         ]
+        ops += [op.only(if_config=qk_norm) for op in norms] if isinstance(qk_norm, str) else norms
     return ops
+
+
+def dense_weight_converters(qkv_bias: bool = False, qk_norm: bool = False) -> list[ConverOp]:
+    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names)."""
+    return [
+        *global_ops(),
+        *attention_ops(qkv_bias, qk_norm),
+        RenameConverOp(".post_attention_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"),
+        StackConverOp([".mlp.gate_proj.weight", ".mlp.up_proj.weight"], ".mlp.linear_fc1.weight", dim=0),
+        RenameConverOp(".mlp.down_proj.weight", ".mlp.linear_fc2.weight"),
+    ]
 
 
 # Vision-language models of the Qwen2-VL family: the Qwen2 decoder's fields under text_config,

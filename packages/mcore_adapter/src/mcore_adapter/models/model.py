@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
 from .. import platform
 from ..parallel import initialize_model_parallel
@@ -30,17 +32,43 @@ from .model_config import McaModelConfig
 
 try:  # Transformer Engine is optional (absent on CPU machines)
     import transformer_engine  # noqa: F401
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
     HAVE_TE = True
 except ImportError:
     HAVE_TE = False
 
 
-def gpt_layer_spec(config: McaModelConfig):
-    if HAVE_TE and platform.has_cuda():
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
-    return get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization=config.normalization)
+def use_transformer_engine() -> bool:
+    return HAVE_TE and platform.has_cuda()
+
+
+def gpt_block_spec(config: McaModelConfig, vp_stage: int | None = None):
+    """Megatron's layer specs for the layers this chunk builds: dense and expert layers as
+    ``moe_layer_freq`` says, GQA or multi-latent attention; Transformer Engine's modules on a
+    GPU with TE, Megatron's local modules otherwise."""
+    te = use_transformer_engine()
+    if not te:
+        platform.apply_local_spec_fixes()
+    return get_gpt_decoder_block_spec(
+        config, use_transformer_engine=te, normalization=config.normalization, vp_stage=vp_stage
+    )
+
+
+def te_names(layer) -> dict[str, str]:
+    """Local-spec parameter prefixes of one layer -> the names Transformer Engine's spec gives
+    them (TE fuses some norms into the next linear). Megatron's own ``sharded_state_dict_keys_map``
+    covers only the dense GQA layer, and wrongly renames an expert layer's separate norm."""
+    attention = layer.self_attention
+    if isinstance(attention, MLASelfAttention):
+        names = {
+            "self_attention.q_layernorm.": "self_attention.linear_q_up_proj.layer_norm_",
+            "self_attention.kv_layernorm.": "self_attention.linear_kv_up_proj.layer_norm_",
+        }
+    else:
+        names = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+    if not isinstance(layer.mlp, MoELayer):
+        names["pre_mlp_layernorm."] = "mlp.linear_fc1.layer_norm_"
+    return names
 
 
 class McaGPTModel(GPTModel):
@@ -60,7 +88,7 @@ class McaGPTModel(GPTModel):
             post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
         super().__init__(
             config=config,
-            transformer_layer_spec=gpt_layer_spec(config),
+            transformer_layer_spec=gpt_block_spec(config, vp_stage),
             vocab_size=config.padded_vocab_size,
             max_sequence_length=config.max_sequence_length,
             pre_process=pre_process,
@@ -120,7 +148,8 @@ class McaGPTModel(GPTModel):
                 continue
             if name.startswith(prefix):
                 index, _, rest = name[len(prefix) :].partition(".")
-                keys_map = self.decoder.layers[int(index)].submodules_config.sharded_state_dict_keys_map
+                layer = self.decoder.layers[int(index)]
+                keys_map = {} if use_transformer_engine() else te_names(layer)
                 for old, new in keys_map.items():
                     if rest.startswith(old):
                         rest = new + rest[len(old) :]

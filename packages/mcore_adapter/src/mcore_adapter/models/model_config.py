@@ -1,5 +1,9 @@
 """``McaModelConfig``: Megatron-Core's ``TransformerConfig`` plus what building a GPTModel needs
-(vocab, rope, tying) and where the model came from (HF model type and config)."""
+(vocab, rope, tying) and where the model came from (HF model type and config).
+
+It derives from ``MLATransformerConfig``, the ``TransformerConfig`` that also carries
+multi-latent attention's fields, so one config class serves every family; MLA stays off unless
+a template turns it on (``multi_latent_attention=True``)."""
 
 from __future__ import annotations
 
@@ -9,19 +13,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_config import MLATransformerConfig
 
 from .converter.layout import DEFAULT_VOCAB_DIVISOR, LAYOUT_FIELDS, padded_vocab_size
 from .converter.mca_io import McaCheckpointMeta
 from .converter.template import ARCH_FIELDS, get_template
 
 _UNEVEN_FIELDS = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
-_PARALLEL_FIELDS = (*LAYOUT_FIELDS, "expert_model_parallel_size", "sequence_parallel")
+_PARALLEL_FIELDS = (*LAYOUT_FIELDS, "sequence_parallel")
 
 
 @dataclass
-class McaModelConfig(TransformerConfig):
+class McaModelConfig(MLATransformerConfig):
     hf_model_type: str | None = None
+    # MLATransformerConfig turns these on for every model; here a template chooses them.
+    multi_latent_attention: bool = False
+    normalization: str = "LayerNorm"
+    q_lora_rank: int | None = None  # unset in a config: q has no low-rank projection
     vocab_size: int | None = None
     # Megatron-LM pads the vocab to a multiple of this x tp (see layout.padded_vocab_size).
     make_vocab_size_divisible_by: int = DEFAULT_VOCAB_DIVISOR
@@ -47,6 +55,10 @@ class McaModelConfig(TransformerConfig):
         if self.swiglu:
             self.gated_linear_unit = True
             self.activation_func = F.silu
+        if self.multi_latent_attention:
+            # Megatron's local core attention sizes its output by kv_channels; MLA's output per
+            # head is v_head_dim wide (its q/k width is passed separately).
+            self.kv_channels = self.v_head_dim
         if self.sliding_window is not None:
             self.window_size = (self.sliding_window - 1, 0)
         if self.vocab_size is None:

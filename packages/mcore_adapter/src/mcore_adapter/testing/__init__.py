@@ -1,6 +1,7 @@
 """Built-in tiny models: the demo's model and the test fixtures of every registered template."""
 
 from .tiny_models import (
+    MOE_MODELS,
     TINY_MODELS,
     TINY_VL_MODELS,
     VL_TOKENS,
@@ -10,6 +11,7 @@ from .tiny_models import (
 )
 
 __all__ = [
+    "MOE_MODELS",
     "TINY_MODELS",
     "TINY_VL_MODELS",
     "VL_TOKENS",

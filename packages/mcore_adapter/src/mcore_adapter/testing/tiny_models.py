@@ -45,7 +45,67 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "mistral": {"sliding_window": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
     "qwen2": {"use_sliding_window": False},
     "qwen3": {"use_sliding_window": False},
+    # Mixture of experts: 4 experts, top-2, so that routing (not one expert) decides the output.
+    "qwen2_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48,
+        "norm_topk_prob": False,
+        "mlp_only_layers": [1],  # a dense layer between expert layers
+        "use_sliding_window": False,
+    },
+    "qwen3_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": True,
+        "use_sliding_window": False,
+    },
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None},
+    "deepseek_v3": {
+        "num_key_value_heads": 4,
+        "head_dim": 8,  # transformers' rope width: qk_rope_head_dim
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 32,
+        "kv_lora_rank": 16,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+        "n_group": 2,
+        "topk_group": 1,
+        "routed_scaling_factor": 2.5,
+        # yarn with a short original context, so that scaling changes this tiny model's rope
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 64,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+    },
+    "glm4_moe": {
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "n_group": 1,
+        "topk_group": 1,
+        "routed_scaling_factor": 1.5,
+        "partial_rotary_factor": 0.5,
+        "use_qk_norm": True,
+        "attention_bias": True,
+    },
 }
+MOE_MODELS = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe")
 
 
 # Vision-language models: the text model nests under text_config; 1-2 vision blocks. Token ids
@@ -132,9 +192,13 @@ def make_tiny_hf_checkpoint(
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if model_type in TINY_VL_MODELS else AutoModelForCausalLM
     model = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    persistent = set(model.state_dict())
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, std)
+        for name, buffer in model.named_buffers():  # e.g. the router's correction bias
+            if name in persistent and buffer.is_floating_point():
+                buffer.normal_(0.0, std)
     model.to(dtype).save_pretrained(path)
     return Path(path)
 

@@ -94,7 +94,7 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def check_complete(template: Template, op_config, produced: set[str], problems: Problems) -> None:
-    expected = template.expected_mca_names(op_config.num_layers, op_config.tie_embeddings_and_output_weights)
+    expected = template.expected_mca_names(op_config)
     missing = expected - produced
     if missing:
         problems.add(

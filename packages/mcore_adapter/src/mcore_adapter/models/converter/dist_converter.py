@@ -12,7 +12,11 @@ How each weight splits is a declarative table (``TP_RULES``), Megatron-Core's ow
   SwiGLU ``linear_fc1``, whose gate and up halves are each chunked and then re-joined per rank;
 - row-parallel (dim 1): attention output projection and ``linear_fc2``;
 - vocab-parallel (dim 0, padded to Megatron's divisible size): embedding and output layer;
-- everything else (norms, row-parallel biases) is replicated.
+- replicated: norms, the MoE router and its expert bias, the shared expert's gate, and MLA's
+  down projections (Transformer Engine's ``duplicated`` linears);
+- experts: like the dense MLP, but over the expert-tensor-parallel ranks.
+
+The table fails closed: a weight without a rule is an error, never silently replicated.
 """
 
 from __future__ import annotations
@@ -24,21 +28,47 @@ import torch
 
 from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, padded_vocab_size
 from .ops import cat
-from .template import MCA_OUTPUT_LAYER, ConversionError, Template
+from .shapes import expert_pattern
+from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, ConversionError, Template
 
 COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", "vocab", "replicated"
 
 # Layer-relative names start with "."; others are global.
 TP_RULES: dict[str, str] = {
+    "embedding.word_embeddings.weight": VOCAB,
+    MCA_OUTPUT_LAYER: VOCAB,
+    "decoder.final_layernorm.weight": REPLICATED,
+    ".input_layernorm.weight": REPLICATED,
+    ".self_attention.linear_qkv.layer_norm_weight": REPLICATED,
     ".self_attention.linear_qkv.weight": COLUMN,
     ".self_attention.linear_qkv.bias": COLUMN,
+    ".self_attention.q_layernorm.weight": REPLICATED,
+    ".self_attention.k_layernorm.weight": REPLICATED,
     ".self_attention.linear_proj.weight": ROW,
+    ".pre_mlp_layernorm.weight": REPLICATED,
+    ".mlp.linear_fc1.layer_norm_weight": REPLICATED,
     ".mlp.linear_fc1.weight": GATED_COLUMN,
     ".mlp.linear_fc1.bias": GATED_COLUMN,
     ".mlp.linear_fc2.weight": ROW,
-    "embedding.word_embeddings.weight": VOCAB,
-    MCA_OUTPUT_LAYER: VOCAB,
+    # Mixture of experts.
+    ".mlp.router.weight": REPLICATED,
+    ".mlp.router.expert_bias": REPLICATED,
+    ".mlp.shared_experts.linear_fc1.weight": GATED_COLUMN,
+    ".mlp.shared_experts.linear_fc2.weight": ROW,
+    ".mlp.shared_experts.gate_weight": REPLICATED,
+    f"{MCA_EXPERT_PREFIX}linear_fc1.weight": GATED_COLUMN,  # over expert-tensor-parallel ranks
+    f"{MCA_EXPERT_PREFIX}linear_fc2.weight": ROW,
+    # Multi-latent attention.
+    ".self_attention.linear_q_proj.weight": COLUMN,
+    ".self_attention.linear_q_down_proj.weight": REPLICATED,
+    ".self_attention.linear_q_up_proj.layer_norm_weight": REPLICATED,
+    ".self_attention.linear_q_up_proj.weight": COLUMN,
+    ".self_attention.linear_kv_down_proj.weight": REPLICATED,
+    ".self_attention.linear_kv_up_proj.layer_norm_weight": REPLICATED,
+    ".self_attention.linear_kv_up_proj.weight": COLUMN,
 }
+# Subtrees a template carries whole (a vision tower), replicated over tensor-parallel ranks.
+REPLICATED_PREFIXES = ("vision_model.",)
 EMBEDDING = "embedding.word_embeddings.weight"
 # Global weights of the last pipeline stage; every other global weight is on the first.
 POST_PROCESS_PREFIXES = ("decoder.final_layernorm.", "output_layer.")
@@ -97,7 +127,14 @@ class DistConverter:
     # ------------------------------------------------------------------ tensor parallelism
     def rule(self, name: str) -> str:
         _, rest = Template.split_mca_name(name)
-        rule = TP_RULES.get(rest, REPLICATED)
+        rule = TP_RULES.get(expert_pattern(rest)[0])
+        if rule is None:
+            if name.startswith(REPLICATED_PREFIXES):
+                return REPLICATED
+            raise ConversionError(
+                f"{name}: no tensor-parallel rule for {rest!r}; add one to "
+                "mcore_adapter.models.converter.dist_converter.TP_RULES"
+            )
         if rule == GATED_COLUMN and not self.gated:
             return COLUMN
         return rule

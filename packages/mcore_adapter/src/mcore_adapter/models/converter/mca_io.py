@@ -26,7 +26,7 @@ import torch
 from .buffers import Scratch
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout
-from .template import ARCH_FIELDS, ROPE_MCA_FIELDS, ConversionError, as_json, get_template
+from .template import ARCH_FIELDS, ConversionError, as_json, get_template
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
@@ -203,7 +203,7 @@ class McaCheckpointMeta:
         if hf_config is not None:
             mca_config = template.convert_hf_to_mca_config(hf_config)
         else:
-            known = {*template.mca_fields(), *ARCH_FIELDS} - set(ROPE_MCA_FIELDS)
+            known = {*template.mca_fields(), *ARCH_FIELDS} - set(template.rope_mca_fields())
             mca_config = {k: data[k] for k in known if k in data}
             rope = data.get("rope_parameters") or data.get("rope_scaling")
             if isinstance(rope, dict):  # ROLL keeps HF's rope description

@@ -7,6 +7,10 @@ input wildcard matched is substituted into the outputs.
 
 Ops are pure tensor functions. The Megatron-side numbers an op needs (heads, groups, head dim)
 come from ``bind(mca_config)``, which a ``WeightMapper`` calls before each conversion.
+
+An op can be limited to some layers or configs (``op.only(...)``): in a mixture-of-experts
+model the dense layers and the expert layers name the same HF tensor differently in Megatron,
+and optional parts (a shared expert, q low-rank projections) exist only when the config says so.
 """
 
 from __future__ import annotations
@@ -55,7 +59,40 @@ class ConverOp:
         self.hf_names = _as_list(hf_names)
         self.mca_names = _as_list(mca_names)
         self.mca_config: Any = None
+        self.layers: str | None = None
+        self.if_config: tuple[str, ...] = ()
+        self.unless_config: tuple[str, ...] = ()
         self._validate()
+
+    LAYER_KINDS = ("dense", "moe")
+
+    def only(
+        self,
+        layers: str | None = None,
+        if_config: str | Sequence[str] = (),
+        unless_config: str | Sequence[str] = (),
+    ) -> ConverOp:
+        """Limit the op (returns it): to ``layers`` ("dense" or "moe" layers of a model that
+        mixes them), to configs where every ``if_config`` Megatron field is set (not None, 0 or
+        False) and every ``unless_config`` field is not."""
+        if layers is not None and layers not in self.LAYER_KINDS:
+            raise ValueError(f"layers must be one of {self.LAYER_KINDS}, got {layers!r}")
+        if layers is not None and not self.is_layer_local:
+            raise ValueError(f"{self!r}: only layer-relative ops can be limited to {layers} layers")
+        self.layers = layers
+        self.if_config = tuple(_as_list(if_config))
+        self.unless_config = tuple(_as_list(unless_config))
+        return self
+
+    def applies_to(self, config: Any) -> bool:
+        """Whether the op takes part in converting a model with this Megatron config."""
+        return all(getattr(config, f, None) for f in self.if_config) and not any(
+            getattr(config, f, None) for f in self.unless_config
+        )
+
+    @property
+    def condition(self) -> tuple[Any, ...]:
+        return (self.layers, self.if_config, self.unless_config)
 
     # -- construction-time checks (fail when the template is written, not mid-conversion) --
     def _validate(self) -> None:
@@ -115,7 +152,11 @@ class ConverOp:
         return [getattr(self.mca_config, field) for field in fields]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(hf_names={self.hf_names}, mca_names={self.mca_names})"
+        limits = [f"layers={self.layers!r}"] if self.layers else []
+        limits += [f"if_config={list(self.if_config)}"] if self.if_config else []
+        limits += [f"unless_config={list(self.unless_config)}"] if self.unless_config else []
+        extra = "".join(f", {x}" for x in limits)
+        return f"{type(self).__name__}(hf_names={self.hf_names}, mca_names={self.mca_names}{extra})"
 
 
 class RenameConverOp(ConverOp):

@@ -12,13 +12,14 @@ model that loads them checks them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from .ops import DropConverOp
-from .template import MCA_OUTPUT_LAYER, Template
+from .ops import DropConverOp, name_pattern
+from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, Template, layer_kinds
 
 Shape = tuple[int, ...]
 
@@ -28,6 +29,8 @@ def _heads(c: Mapping[str, Any]) -> int:
 
 
 def _head_dim(c: Mapping[str, Any]) -> int:
+    if c.get("multi_latent_attention"):
+        return int(c["v_head_dim"])  # the width per head of what reaches linear_proj
     return int(c.get("kv_channels") or c["hidden_size"] // _heads(c))
 
 
@@ -43,6 +46,14 @@ def _gated(c: Mapping[str, Any]) -> bool:
     return bool(c.get("swiglu") or c.get("gated_linear_unit"))
 
 
+def _moe_ffn(c: Mapping[str, Any]) -> int:
+    return int(c.get("moe_ffn_hidden_size") or _ffn(c))  # Megatron's default
+
+
+def _mla_q_head(c: Mapping[str, Any]) -> int:
+    return int(c["qk_head_dim"]) + int(c["qk_pos_emb_head_dim"])
+
+
 # Dimensions computed from several fields, as Megatron-Core computes them.
 DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "head_dim": _head_dim,
@@ -51,6 +62,14 @@ DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "fc1_rows": lambda c: _ffn(c) * (2 if _gated(c) else 1),
     "ffn": _ffn,
     "vocab": lambda c: int(c.get("vocab_size") or c["padded_vocab_size"]),
+    "experts": lambda c: int(c["num_moe_experts"]),
+    "moe_ffn": _moe_ffn,
+    "moe_fc1_rows": lambda c: _moe_ffn(c) * (2 if _gated(c) else 1),
+    "shared_ffn": lambda c: int(c["moe_shared_expert_intermediate_size"]),
+    "shared_fc1_rows": lambda c: int(c["moe_shared_expert_intermediate_size"]) * (2 if _gated(c) else 1),
+    "mla_q_rows": lambda c: _heads(c) * _mla_q_head(c),
+    "mla_kv_down_rows": lambda c: int(c["kv_lora_rank"]) + int(c["qk_pos_emb_head_dim"]),
+    "mla_kv_up_rows": lambda c: _heads(c) * (int(c["qk_head_dim"]) + int(c["v_head_dim"])),
 }
 
 # Canonical (whole, unpadded) Megatron weights; layer-relative names start with ".".
@@ -68,7 +87,37 @@ MCA_SHAPES: dict[str, tuple[str | int, ...]] = {
     ".mlp.linear_fc1.weight": ("fc1_rows", "hidden_size"),
     ".mlp.linear_fc1.bias": ("fc1_rows",),
     ".mlp.linear_fc2.weight": ("hidden_size", "ffn"),
+    # Mixture of experts ("{}": the global expert index).
+    ".pre_mlp_layernorm.weight": ("hidden_size",),
+    ".mlp.router.weight": ("experts", "hidden_size"),
+    ".mlp.router.expert_bias": ("experts",),
+    f"{MCA_EXPERT_PREFIX}linear_fc1.weight": ("moe_fc1_rows", "hidden_size"),
+    f"{MCA_EXPERT_PREFIX}linear_fc2.weight": ("hidden_size", "moe_ffn"),
+    ".mlp.shared_experts.linear_fc1.weight": ("shared_fc1_rows", "hidden_size"),
+    ".mlp.shared_experts.linear_fc2.weight": ("hidden_size", "shared_ffn"),
+    ".mlp.shared_experts.gate_weight": (1, "hidden_size"),
+    # Multi-latent attention.
+    ".input_layernorm.weight": ("hidden_size",),
+    ".self_attention.linear_q_proj.weight": ("mla_q_rows", "hidden_size"),
+    ".self_attention.linear_q_down_proj.weight": ("q_lora_rank", "hidden_size"),
+    ".self_attention.linear_q_up_proj.layer_norm_weight": ("q_lora_rank",),
+    ".self_attention.linear_q_up_proj.weight": ("mla_q_rows", "q_lora_rank"),
+    ".self_attention.linear_kv_down_proj.weight": ("mla_kv_down_rows", "hidden_size"),
+    ".self_attention.linear_kv_up_proj.layer_norm_weight": ("kv_lora_rank",),
+    ".self_attention.linear_kv_up_proj.weight": ("mla_kv_up_rows", "kv_lora_rank"),
 }
+
+
+def expert_pattern(local_name: str) -> tuple[str, int | None]:
+    """A layer-relative Megatron name with its expert index replaced by ``{}``, and the index
+    (``None`` for a name outside the experts)."""
+    match = _EXPERT_RE.match(local_name)
+    if not match:
+        return local_name, None
+    return f"{MCA_EXPERT_PREFIX}{match.group(2)}", int(match.group(1))
+
+
+_EXPERT_RE = re.compile(r"^" + re.escape(MCA_EXPERT_PREFIX).replace(r"\{\}", r"(\d+)") + r"(.+)$")
 
 
 def _dim(spec: str | int, config: Mapping[str, Any]) -> int:
@@ -92,21 +141,28 @@ class ShapeCheck:
         self.config = mca_kwargs
         op_config = template.op_config(mca_kwargs)
         self.tied = op_config.tie_embeddings_and_output_weights
-        self._hf: dict[tuple[bool, str], Shape] = {}  # (layer-local, name) -> shape
-        for op in template.active_ops(self.tied):
-            if isinstance(op, DropConverOp) or any("{}" in n for n in op.mca_names):
+        # The HF shapes, by the HF names the inverse ops give the Megatron shapes (an expert's
+        # names under the expert index 0, then matched by pattern); per layer kind.
+        self._hf: dict[tuple[str | None, str], Shape] = {}
+        for op in template.active_ops(op_config):
+            if isinstance(op, DropConverOp) or not op.mca_names:
                 continue
-            shapes = [self.mca_local_shape(n) for n in op.mca_names]
+            names = [n.format(0) if n.startswith(MCA_EXPERT_PREFIX) else n for n in op.mca_names]
+            shapes = [self.mca_local_shape(n) for n in names]
             if any(s is None for s in shapes):
                 continue
             op.bind(op_config)
             metas = [torch.empty(s, device="meta") for s in shapes]
             for name, tensor in zip(op.hf_names, op.convert(metas, to_mca=False), strict=True):
-                self._hf[op.is_layer_local, name] = tuple(tensor.shape)
+                self._hf[op.layers, name] = tuple(tensor.shape)
+        self._hf_patterns = [
+            (kind, name_pattern(name), shape) for (kind, name), shape in self._hf.items() if "{}" in name
+        ]
+        self._kinds = layer_kinds(op_config)
 
     def mca_local_shape(self, local_name: str) -> Shape | None:
         """The shape of a Megatron weight by its layer-relative (or global) name."""
-        spec = MCA_SHAPES.get(local_name)
+        spec = MCA_SHAPES.get(expert_pattern(local_name)[0])
         return None if spec is None else tuple(_dim(s, self.config) for s in spec)
 
     def mca_shape(self, name: str) -> Shape | None:
@@ -116,7 +172,16 @@ class ShapeCheck:
 
     def hf_shape(self, name: str) -> Shape | None:
         layer, local = self.template.split_hf_name(name)
-        return self._hf.get((layer is not None, local))
+        if layer is None:
+            return self._hf.get((None, local))
+        kind = self._kinds[layer] if layer < len(self._kinds) else None
+        for key in ((kind, local), (None, local)):
+            if key in self._hf:
+                return self._hf[key]
+        for op_kind, pattern, shape in self._hf_patterns:
+            if op_kind in (None, kind) and pattern.match(local):
+                return shape
+        return None
 
     def unknown_mca_names(self) -> list[str]:
         """Megatron names of the template's ops that have no shape rule (wildcards excepted)."""
@@ -125,7 +190,7 @@ class ShapeCheck:
             for op in self.template.weight_converters
             if not isinstance(op, DropConverOp)
             for name in op.mca_names
-            if "{}" not in name and name not in MCA_SHAPES
+            if name not in MCA_SHAPES and ("{}" not in name or name.startswith(MCA_EXPERT_PREFIX))
         )
 
 

@@ -16,7 +16,7 @@ import copy
 import importlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +25,7 @@ import torch
 
 from .errors import ConversionError, UnsupportedModelError
 from .ops import (
+    WILDCARD,
     ConcatConverOp,
     ConverOp,
     CopyConverOp,
@@ -42,6 +43,7 @@ __all__ = [
     "ConverOp",
     "ConversionError",
     "CopyConverOp",
+    "DerivedField",
     "DropConverOp",
     "QKVBiasConverOp",
     "QKVConverOp",
@@ -62,7 +64,19 @@ MCA_OUTPUT_LAYER = "output_layer.weight"
 MCA_EXTRA_STATE_SUFFIX = "._extra_state"
 
 # Built-in families, imported on first use of the registry (each registers its template).
-_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl")
+_BUILTIN_FAMILIES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen2_moe",
+    "qwen3_moe",
+    "mixtral",
+    "deepseek_v3",
+    "glm4_moe",
+)
 _TEMPLATES: dict[str, Template] = {}
 _builtins_loaded = False
 
@@ -119,6 +133,41 @@ LLAMA3_ROPE_HF_TO_MCA = {
 ROPE_MCA_FIELDS = ("rope_scaling", *LLAMA3_ROPE_HF_TO_MCA.values())
 
 
+# Megatron's experts of one layer (SequentialMLP names, global expert index): what templates
+# produce; the per-rank files hold local indices (see dist_converter).
+MCA_EXPERT_PREFIX = ".mlp.experts.local_experts.{}."
+
+
+def layer_kinds(config: Any) -> list[str]:
+    """ "dense" or "moe" for each decoder layer, as Megatron reads ``moe_layer_freq``: an int N
+    puts experts in every N-th layer from the first, a list gives 1 (experts) or 0 per layer."""
+    num_layers = int(getattr(config, "num_layers", 0) or 0)
+    if not getattr(config, "num_moe_experts", None):
+        return ["dense"] * num_layers
+    freq = getattr(config, "moe_layer_freq", 1)
+    if isinstance(freq, str):  # Megatron-LM's command-line form, e.g. "([0]+[1]*3)"
+        freq = _parse_layer_pattern(freq)
+    if isinstance(freq, int):
+        return ["moe" if i % freq == 0 else "dense" for i in range(num_layers)]
+    if len(freq) != num_layers:
+        raise ConversionError(f"moe_layer_freq has {len(freq)} entries for {num_layers} layers: {freq}")
+    return ["moe" if f else "dense" for f in freq]
+
+
+def _parse_layer_pattern(text: str) -> list[int]:
+    if not re.fullmatch(r"[\s\[\]\(\)\d,*+]+", text):
+        raise ConversionError(f"moe_layer_freq {text!r} is not a list pattern such as '([0]*1+[1]*3)'")
+    return list(eval(text, {"__builtins__": {}}))  # digits, brackets, + and * only (checked above)
+
+
+def _exclusive(a: ConverOp, b: ConverOp) -> bool:
+    """Whether two ops can never both convert one tensor: limited to different layer kinds, or
+    one needs a config field that the other needs to be unset."""
+    if a.layers and b.layers and a.layers != b.layers:
+        return True
+    return bool(set(a.if_config) & set(b.unless_config) or set(b.if_config) & set(a.unless_config))
+
+
 def _get_path(config: Mapping[str, Any], path: str) -> Any:
     node: Any = config
     for part in path.split("."):
@@ -134,6 +183,19 @@ def _set_path(config: dict[str, Any], path: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+
+
+@dataclass(frozen=True)
+class DerivedField:
+    """A Megatron config field computed from HF fields rather than copied (e.g. Megatron's
+    ``moe_layer_freq`` from HF's ``first_k_dense_replace``). ``to_mca`` takes the HF values of
+    ``hf_paths`` in order (a missing one as ``None``) and returns the Megatron value, or raises
+    ``ConversionError`` for a value Megatron cannot express; ``to_hf`` maps the Megatron value
+    (and the other Megatron fields) back to ``{hf_path: value}``, for rebuilding an HF config."""
+
+    hf_paths: tuple[str, ...]
+    to_mca: Callable[..., Any]
+    to_hf: Callable[[Any, Mapping[str, Any]], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -159,22 +221,24 @@ class Template:
     hf_config_expect: dict[str, Any] = field(default_factory=dict)
     hf_config_defaults: dict[str, Any] = field(default_factory=dict)
     hf_architecture: str | None = None
+    config_derived: dict[str, DerivedField] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.hf_layer_prefix.endswith("."):
             raise ValueError(f"hf_layer_prefix must end with '.', got {self.hf_layer_prefix!r}")
-        seen: dict[tuple[bool, str], ConverOp] = {}
+        seen: dict[tuple[bool, str], list[ConverOp]] = {}
         for op in self.weight_converters:
             if not isinstance(op, ConverOp):
                 raise TypeError(f"weight_converters holds {op!r}, which is not a ConverOp")
             for mca, names in ((False, op.hf_names), (True, op.mca_names)):
                 for name in names:
-                    if (mca, name) in seen:
-                        raise ValueError(
-                            f"template {self.hf_model_type!r}: {name!r} is used by both "
-                            f"{seen[mca, name]!r} and {op!r}"
-                        )
-                    seen[mca, name] = op
+                    for other in seen.get((mca, name), []):
+                        if not _exclusive(op, other):
+                            raise ValueError(
+                                f"template {self.hf_model_type!r}: {name!r} is used by both "
+                                f"{other!r} and {op!r}"
+                            )
+                    seen.setdefault((mca, name), []).append(op)
         duplicated = {
             v for v in self.config_hf_to_mca.values() if list(self.config_hf_to_mca.values()).count(v) > 1
         }
@@ -206,6 +270,7 @@ class Template:
 
     def _states_every_field(self, hf_config: Mapping[str, Any]) -> bool:
         paths = [*self.config_hf_to_mca, *self.hf_config_expect, "rope_parameters.rope_type"]
+        paths += [p for derived in self.config_derived.values() for p in derived.hf_paths]
         return all(_get_path(hf_config, path) is not _MISSING for path in paths)
 
     def transformers_normalized_hf_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,6 +295,11 @@ class Template:
             value = _get_path(hf, hf_path)
             if value is not _MISSING and value is not None:
                 kwargs[mca_field] = value
+        for mca_field, derived in self.config_derived.items():
+            values = [_get_path(hf, p) for p in derived.hf_paths]
+            value = derived.to_mca(*(None if v is _MISSING else v for v in values))
+            if value is not None:
+                kwargs[mca_field] = value
         kwargs.update(self.rope_kwargs(hf))
         kwargs.update(self.constant_mca_config)
         kwargs["hf_model_type"] = self.hf_model_type
@@ -250,8 +320,21 @@ class Template:
 
     def mca_fields(self) -> list[str]:
         """Every Megatron config field this template can set."""
-        fields = [*self.config_hf_to_mca.values(), *ROPE_MCA_FIELDS, *self.constant_mca_config]
-        return list(dict.fromkeys(fields))
+        fields = [*self.config_hf_to_mca.values(), *self.config_derived, *self.rope_mca_fields()]
+        return list(dict.fromkeys([*fields, *self.constant_mca_config]))
+
+    def rope_mca_fields(self) -> tuple[str, ...]:
+        """The Megatron fields ``rope_kwargs`` can set."""
+        return ROPE_MCA_FIELDS
+
+    def rope_hf_parameters(self, mca_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The inverse of ``rope_kwargs``: HF ``rope_parameters`` entries besides ``rope_theta``."""
+        if not mca_kwargs.get("rope_scaling"):
+            return {"rope_type": "default"}
+        return {
+            "rope_type": "llama3",
+            **{hf: mca_kwargs.get(mca) for hf, mca in LLAMA3_ROPE_HF_TO_MCA.items()},
+        }
 
     def rebuild_hf_config(
         self, mca_kwargs: Mapping[str, Any], dtype: str, token_ids: Mapping[str, Any] | None
@@ -275,13 +358,17 @@ class Template:
                 _set_path(out, hf_path, as_json(mca_kwargs[mca_field]))
             else:
                 missing.append(f"{hf_path} (Megatron field {mca_field})")
+        for mca_field, derived in self.config_derived.items():
+            if derived.to_hf is None:
+                missing.append(f"{', '.join(derived.hf_paths)} (Megatron field {mca_field})")
+            elif mca_field in mca_kwargs:
+                for path, value in derived.to_hf(mca_kwargs[mca_field], mca_kwargs).items():
+                    _set_path(out, path, as_json(value))
         rope_path = next((p for p in self.config_hf_to_mca if p.endswith("rope_theta")), None)
         if rope_path is not None:
             parent = rope_path.rpartition(".")[0]
-            llama3 = bool(mca_kwargs.get("rope_scaling"))
-            _set_path(out, f"{parent}.rope_type", "llama3" if llama3 else "default")
-            for hf, mca in LLAMA3_ROPE_HF_TO_MCA.items() if llama3 else ():
-                _set_path(out, f"{parent}.{hf}", mca_kwargs.get(mca))
+            for key, value in self.rope_hf_parameters(mca_kwargs).items():
+                _set_path(out, f"{parent}.{key}", value)
         for path, value in self.hf_config_expect.items():
             _set_path(out, path, value)
         out["dtype"] = dtype
@@ -316,10 +403,16 @@ class Template:
         return out
 
     # ------------------------------------------------------------------ weights
-    def active_ops(self, tied_embeddings: bool) -> list[ConverOp]:
-        if not tied_embeddings:
+    def active_ops(self, config: Any) -> list[ConverOp]:
+        """The ops that convert a model with this Megatron config (``None``: every op)."""
+        if config is None:
             return list(self.weight_converters)
-        return [op for op in self.weight_converters if MCA_OUTPUT_LAYER not in op.mca_names]
+        tied = bool(getattr(config, "tie_embeddings_and_output_weights", False))
+        return [
+            op
+            for op in self.weight_converters
+            if op.applies_to(config) and not (tied and MCA_OUTPUT_LAYER in op.mca_names)
+        ]
 
     def tied_hf_names(self) -> list[str]:
         """HF names that only exist for an untied output layer (dropped when embeddings are tied)."""
@@ -347,33 +440,44 @@ class Template:
     def is_invalid_hf_key(self, local_name: str) -> bool:
         return any(p.match(local_name) for p in self._invalid)
 
-    def expected_mca_names(self, num_layers: int, tied_embeddings: bool) -> set[str]:
-        """The Megatron names a complete checkpoint produces (wildcard ops excluded)."""
+    def expected_mca_names(self, config: Any) -> set[str]:
+        """The Megatron names a complete checkpoint of this config produces: every expert of
+        every expert layer included, other wildcard ops (a subtree carried whole) excluded."""
         names: set[str] = set()
-        for op in self.active_ops(tied_embeddings):
+        kinds = layer_kinds(config)
+        experts = range(getattr(config, "num_moe_experts", None) or 0)
+        for op in self.active_ops(config):
             if isinstance(op, DropConverOp):
                 continue
             for name in op.mca_names:
-                if "{}" in name:
+                if not op.is_layer_local:
+                    if WILDCARD not in name:
+                        names.add(name)
                     continue
-                if op.is_layer_local:
-                    names.update(self.join_mca_name(i, name) for i in range(num_layers))
+                layers = [i for i, kind in enumerate(kinds) if op.layers in (None, kind)]
+                if name.count(WILDCARD) == 1 and name.startswith(MCA_EXPERT_PREFIX):
+                    local = [name.format(e) for e in experts]
+                elif WILDCARD in name:
+                    continue
                 else:
-                    names.add(name)
+                    local = [name]
+                names.update(self.join_mca_name(i, n) for i in layers for n in local)
         return names
 
     @staticmethod
     def op_config(mca_kwargs: Mapping[str, Any]) -> SimpleNamespace:
-        """The numbers the ops read, with Megatron's defaults, without building a TransformerConfig."""
+        """The Megatron config as the ops and the converter read it, with Megatron's defaults
+        of the numbers they need, without building a TransformerConfig."""
         heads = mca_kwargs["num_attention_heads"]
         return SimpleNamespace(
-            num_attention_heads=heads,
-            num_query_groups=mca_kwargs.get("num_query_groups") or heads,
-            kv_channels=mca_kwargs.get("kv_channels") or mca_kwargs["hidden_size"] // heads,
-            num_layers=mca_kwargs["num_layers"],
-            tie_embeddings_and_output_weights=bool(
-                mca_kwargs.get("tie_embeddings_and_output_weights", False)
-            ),
+            **{
+                **mca_kwargs,
+                "num_query_groups": mca_kwargs.get("num_query_groups") or heads,
+                "kv_channels": mca_kwargs.get("kv_channels") or mca_kwargs["hidden_size"] // heads,
+                "tie_embeddings_and_output_weights": bool(
+                    mca_kwargs.get("tie_embeddings_and_output_weights", False)
+                ),
+            }
         )
 
     def mapper(self, mca_config: Any, to_mca: bool, problems: Any = None) -> WeightMapper:
@@ -409,8 +513,9 @@ class WeightMapper:
         self.tied = bool(getattr(mca_config, "tie_embeddings_and_output_weights", False))
         self.report = ConversionReport()
         self._pending: dict[tuple[int, int | None, tuple[str, ...]], dict[int, torch.Tensor]] = {}
-        self._ops = template.active_ops(self.tied)
-        self._exact: dict[tuple[bool, str], tuple[int, int]] = {}
+        self._ops = template.active_ops(mca_config)
+        self._kinds = layer_kinds(mca_config) if mca_config is not None else []
+        self._exact: dict[tuple[bool, str], list[tuple[int, int]]] = {}
         self._wild: list[tuple[bool, re.Pattern[str], int, int]] = []
         src_is_mca = not to_mca
         for op_index, op in enumerate(self._ops):
@@ -419,7 +524,7 @@ class WeightMapper:
                 if "{}" in name:
                     self._wild.append((op.is_layer_local, name_pattern(name), op_index, slot))
                 else:
-                    self._exact[key] = (op_index, slot)
+                    self._exact.setdefault(key, []).append((op_index, slot))
         self._dropped_tied = set(template.tied_hf_names()) if self.tied and to_mca else set()
 
     def _split(self, name: str) -> tuple[int | None, str]:
@@ -428,13 +533,19 @@ class WeightMapper:
     def _join(self, layer: int | None, local: str, mca: bool) -> str:
         return self.template.join_mca_name(layer, local) if mca else self.template.join_hf_name(layer, local)
 
+    def _fits(self, op_index: int, layer: int | None) -> bool:
+        kind = self._ops[op_index].layers
+        if kind is None or layer is None or layer >= len(self._kinds):
+            return True
+        return self._kinds[layer] == kind
+
     def _lookup(self, layer: int | None, local: str) -> tuple[int, int, tuple[str, ...]] | None:
         is_local = layer is not None
-        hit = self._exact.get((is_local, local))
-        if hit is not None:
-            return (*hit, ())
+        for op_index, slot in self._exact.get((is_local, local), []):
+            if self._fits(op_index, layer):
+                return op_index, slot, ()
         for wild_local, pattern, op_index, slot in self._wild:
-            if wild_local == is_local:
+            if wild_local == is_local and self._fits(op_index, layer):
                 match = pattern.match(local)
                 if match:
                     return op_index, slot, match.groups()
@@ -555,6 +666,7 @@ def register_template(
     hf_config_expect: dict[str, Any] | None = None,
     hf_config_defaults: dict[str, Any] | None = None,
     hf_architecture: str | None = None,
+    config_derived: dict[str, DerivedField] | None = None,
     template_class: type[Template] = Template,
     overwrite: bool = False,
 ) -> Template:
@@ -578,6 +690,7 @@ def register_template(
         hf_config_expect=dict(hf_config_expect or {}),
         hf_config_defaults=dict(hf_config_defaults or {}),
         hf_architecture=hf_architecture,
+        config_derived=dict(config_derived or {}),
     )
     _TEMPLATES[hf_model_type] = template
     return template

@@ -1,0 +1,3 @@
+"""The `mixtral` family: conversion template."""
+
+from . import template  # noqa: F401  (registers the template)

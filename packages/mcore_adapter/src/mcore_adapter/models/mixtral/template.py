@@ -1,0 +1,43 @@
+"""Mixtral: Mistral's attention (optional sliding window) over 8 experts, softmax top-2 with
+the top-k weights renormalized (Megatron: top-k on logits, then softmax). The hub names the
+experts ``block_sparse_moe.experts.{e}.w1`` (gate), ``w3`` (up) and ``w2`` (down)."""
+
+from ..common import (
+    DENSE_CONFIG_HF_TO_MCA,
+    DENSE_CONSTANT_MCA_CONFIG,
+    DENSE_HF_CONFIG_EXPECT,
+    ROTARY_INV_FREQ_KEYS,
+    attention_ops,
+    global_ops,
+)
+from ..converter.template import register_template
+from ..moe_common import MOE_CONSTANT_MCA_CONFIG, expert_layer_ops
+
+register_template(
+    "mixtral",
+    config_hf_to_mca={
+        **DENSE_CONFIG_HF_TO_MCA,
+        "num_local_experts": "num_moe_experts",
+        "num_experts_per_tok": "moe_router_topk",
+        "sliding_window": "sliding_window",
+    },
+    weight_converters=[
+        *global_ops(),
+        *attention_ops(),
+        *expert_layer_ops(
+            router=".block_sparse_moe.gate.weight",
+            experts=".block_sparse_moe.experts",
+            expert_names=("w1", "w3", "w2"),
+        ),
+    ],
+    hf_layer_prefix="model.layers.",
+    constant_mca_config={
+        **DENSE_CONSTANT_MCA_CONFIG,
+        **MOE_CONSTANT_MCA_CONFIG,
+        "moe_router_pre_softmax": False,  # renormalized top-k
+    },
+    hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
+    # Router jitter is training-time noise transformers adds; Megatron's moe_input_jitter_eps differs.
+    hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "router_jitter_noise": 0.0},
+    hf_architecture="MixtralForCausalLM",
+)

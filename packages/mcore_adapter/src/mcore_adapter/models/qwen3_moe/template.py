@@ -1,0 +1,43 @@
+"""Qwen3-MoE: Qwen3's attention (q/k norm, no bias) over experts only, softmax routing."""
+
+from ..common import (
+    DENSE_CONFIG_HF_TO_MCA,
+    DENSE_CONSTANT_MCA_CONFIG,
+    DENSE_HF_CONFIG_EXPECT,
+    ROTARY_INV_FREQ_KEYS,
+    attention_ops,
+    global_ops,
+)
+from ..converter.template import register_template
+from ..moe_common import (
+    MOE_CONFIG_HF_TO_MCA,
+    MOE_CONSTANT_MCA_CONFIG,
+    PRE_SOFTMAX_FROM_NORM_TOPK,
+    QWEN_MOE_LAYER_FREQ,
+    dense_mlp_ops,
+    expert_layer_ops,
+)
+
+register_template(
+    "qwen3_moe",
+    config_hf_to_mca={
+        **DENSE_CONFIG_HF_TO_MCA,
+        **MOE_CONFIG_HF_TO_MCA,
+        "num_local_experts": "num_moe_experts",
+    },
+    weight_converters=[
+        *global_ops(),
+        *attention_ops(qk_norm=True),
+        *dense_mlp_ops(),
+        *expert_layer_ops(router=".mlp.gate.weight", experts=".mlp.experts"),
+    ],
+    hf_layer_prefix="model.layers.",
+    constant_mca_config={**DENSE_CONSTANT_MCA_CONFIG, **MOE_CONSTANT_MCA_CONFIG, "qk_layernorm": True},
+    hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
+    hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "attention_bias": False, "use_sliding_window": False},
+    hf_architecture="Qwen3MoeForCausalLM",
+    config_derived={
+        "moe_router_pre_softmax": PRE_SOFTMAX_FROM_NORM_TOPK,
+        "moe_layer_freq": QWEN_MOE_LAYER_FREQ,
+    },
+)
