@@ -43,7 +43,7 @@ def test_builtin_families_are_registered():
 def test_unknown_model_type_lists_the_supported_ones():
     with pytest.raises(
         UnsupportedModelError,
-        match=r"'gpt_oss_9000'.*supported: llama, mistral, qwen2, qwen2_5_vl, qwen2_vl, qwen3",
+        match=r"'gpt_oss_9000'.*supported: deepseek_v3, glm4_moe, llama, mistral, mixtral, qwen2, qwen2_5_vl",
     ):
         get_template("gpt_oss_9000")
 
@@ -90,7 +90,10 @@ def test_config_round_trip_returns_the_original_hf_config(model_type, tie):
     hf_config = tiny_hf_config(model_type, tie).to_dict()
     mca = template.convert_hf_to_mca_config(hf_config)
     assert mca["tie_embeddings_and_output_weights"] is tie
-    assert (mca["num_layers"], mca["num_query_groups"], mca["kv_channels"]) == (2, 2, 32)
+    if mca.get("multi_latent_attention"):
+        assert (mca["num_layers"], mca["kv_lora_rank"], mca["qk_pos_emb_head_dim"]) == (2, 16, 8)
+    else:
+        assert (mca["num_layers"], mca["num_query_groups"], mca["kv_channels"]) == (2, 2, 32)
     assert template.convert_mca_to_hf_config(mca, hf_config) == hf_config
     # A Megatron-side change is carried back into the HF config.
     changed = template.convert_mca_to_hf_config({**mca, "layernorm_epsilon": 1e-3}, hf_config)

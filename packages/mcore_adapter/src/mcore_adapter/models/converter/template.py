@@ -118,6 +118,10 @@ ARCH_FIELDS = (
     "make_vocab_size_divisible_by",
 )
 
+# Megatron fields whose None is a setting (no window, no low-rank q projection), kept when an
+# HF config states null; other None values mean "Megatron's default" and are left out.
+NULLABLE_MCA_FIELDS = frozenset({"sliding_window", "q_lora_rank"})
+
 # HF config fields no Megatron config holds; a rebuilt HF config takes them from
 # generation_config.json.
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -293,7 +297,7 @@ class Template:
         kwargs: dict[str, Any] = {}
         for hf_path, mca_field in self.config_hf_to_mca.items():
             value = _get_path(hf, hf_path)
-            if value is not _MISSING and value is not None:
+            if value is not _MISSING and (value is not None or mca_field in NULLABLE_MCA_FIELDS):
                 kwargs[mca_field] = value
         for mca_field, derived in self.config_derived.items():
             values = [_get_path(hf, p) for p in derived.hf_paths]
