@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .atomic import check_output_dir, staged_output_dir
 from .buffers import Scratch
-from .dist_converter import GATED_COLUMN, REPLICATED, ROW, VOCAB, DistConverter
+from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
 from .hf_io import (
     HF_CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -41,7 +41,7 @@ from .hf_io import (
     SafetensorsWriter,
     write_json,
 )
-from .layout import ParallelLayout
+from .layout import ParallelLayout, RankFile
 from .mca_io import (
     MCA_CONFIG_NAME,
     TRACKER_NAME,
@@ -50,7 +50,7 @@ from .mca_io import (
     TorchRankWriter,
     chunk_key,
     iteration_dir,
-    torch_rank_file,
+    layout_rank_file,
 )
 from .shapes import Problems, ShapeCheck, describe
 from .template import ConversionError, ConversionReport, Template, get_template
@@ -174,31 +174,60 @@ class McaTorchSource:
         self.op_config = self.template.op_config(self.mca_kwargs)
         self.dist = DistConverter(self.mca_kwargs, meta.layout)
         layout = self.dist.layout
-        expected = {torch_rank_file(path, tp, pp, layout.pp).parent.name for tp, pp in layout.ranks()}
+        files = {rank: layout_rank_file(path, rank, layout) for rank in layout.ranks()}
+        expected = {file.parent.name for file in files.values()}
         found = {p.name for p in iteration_dir(path).glob("mp_rank_*")}
         if found - expected:
             raise CheckpointError(
                 f"{path} holds rank directories {sorted(found)} but its {MCA_CONFIG_NAME} describes "
                 f"{layout.describe()} ({sorted(expected)}); the config does not match the files"
             )
-        self.readers = {
-            (tp, pp): TorchRankReader(torch_rank_file(path, tp, pp, layout.pp)) for tp, pp in layout.ranks()
-        }
+        self.readers = {rank: TorchRankReader(file) for rank, file in files.items()}
         self._scratch = Scratch()
-        for (_tp, pp), reader in self.readers.items():
-            keys = sorted(chunk_key(c.vp_stage) for c in layout.chunks_of(pp))
+        first_of: dict[tuple[int, int], TorchRankReader] = {}
+        for rank, reader in self.readers.items():
+            keys = sorted(chunk_key(c.vp_stage) for c in layout.chunks_of(rank.pp))
             if sorted(reader.chunks) != keys:
                 raise CheckpointError(
                     f"{reader.file} holds {sorted(reader.chunks)}, layout {layout.describe()} in "
                     f"{MCA_CONFIG_NAME} expects {keys}; the file and the config do not match"
                 )
+            other = first_of.setdefault((rank.pp, rank.ep), reader)
             names = set(reader.chunks[keys[0]]) if keys else set()
-            first = set(self.readers[0, pp].chunks[keys[0]]) if keys else set()
+            first = set(other.chunks[keys[0]]) if keys else set()
             if names != first:
                 raise CheckpointError(
-                    f"{reader.file} and {self.readers[0, pp].file} hold different weights: "
-                    f"{sorted(names ^ first)[:5]}"
+                    f"{reader.file} and {other.file} hold different weights: {sorted(names ^ first)[:5]}"
                 )
+
+    def _entries(self, chunk) -> list[tuple[str, str, list[TorchRankReader]]]:
+        """(canonical name, chunk-local name, the readers of its slices in order) of every weight
+        of a chunk, layer by layer: dense weights from the files of tensor-parallel ranks 0..tp-1,
+        each expert from the files of its expert-parallel rank (expert-tensor ranks 0..etp-1)."""
+        layout = self.dist.layout
+        ranks = [r for r in self.readers if r.pp == chunk.pp_rank]
+        dense = [next(self.readers[r] for r in ranks if r.tp == t) for t in range(layout.tp)]
+        key = chunk_key(chunk.vp_stage)
+        entries: dict[str, tuple[str, str, list[TorchRankReader]]] = {}
+        for ep in sorted({r.ep for r in ranks}):
+            experts = [
+                next(self.readers[r] for r in ranks if r.ep == ep and r.etp == j)
+                for j in range(layout.expert_tp)
+            ]
+            for local in experts[0].chunks[key]:
+                if local.endswith("_extra_state"):
+                    continue
+                name = self.dist.canonical_name(chunk, local, ep)
+                if name is None or name in entries:
+                    continue
+                entries[name] = (name, local, experts if self.dist.expert_owner(name) is not None else dense)
+        layer = lambda entry: Template.split_mca_name(entry[0])[0]  # noqa: E731
+        first = [
+            e for e in entries.values() if layer(e) is None and not e[0].startswith(POST_PROCESS_PREFIXES)
+        ]
+        last = [e for e in entries.values() if layer(e) is None and e[0].startswith(POST_PROCESS_PREFIXES)]
+        layers = sorted((e for e in entries.values() if layer(e) is not None), key=layer)
+        return [*first, *layers, *last]
 
     def weights(self, meta: bool = False) -> Weights:
         """The canonical weights, each merged from its tensor-parallel slices. With ``meta``
@@ -207,14 +236,9 @@ class McaTorchSource:
         produced: set[str] = set()
         problems = Problems()
         shapes = ShapeCheck(self.template, self.mca_kwargs)
-        tp = self.dist.layout.tp
         for chunk in self.dist.layout.chunks:
             key = chunk_key(chunk.vp_stage)
-            readers = [self.readers[r, chunk.pp_rank] for r in range(tp)]
-            for local in readers[0].chunks[key]:
-                name = self.dist.canonical_name(chunk, local)
-                if local.endswith("_extra_state") or name is None:
-                    continue
+            for name, local, readers in self._entries(chunk):
                 if meta:
                     merged = self._check_slices(name, key, local, readers, shapes, problems)
                 else:
@@ -338,29 +362,27 @@ def write_mca_torch(
     layout = dist.layout
     kwargs.update(vocab_size=dist.vocab_size, padded_vocab_size=dist.padded_vocab_size)
 
-    specs: dict[tuple[int, int], dict[str, dict[str, tuple[torch.Size, torch.dtype]]]] = {
-        (tp, pp): {chunk_key(c.vp_stage): {} for c in layout.chunks_of(pp)} for tp, pp in layout.ranks()
+    specs: dict[RankFile, dict[str, dict[str, tuple[torch.Size, torch.dtype]]]] = {
+        rank: {chunk_key(c.vp_stage): {} for c in layout.chunks_of(rank.pp)} for rank in layout.ranks()
     }
     total = 0
     for name, tensor in source.weights(meta=True):  # dry run: checks everything, plans the files
         tensor = _cast(tensor, dtype)
-        for chunk, local in dist.placements(name):
-            for tp_rank, part in enumerate(dist.split(name, tensor)):
-                specs[tp_rank, chunk.pp_rank][chunk_key(chunk.vp_stage)][local] = (part.shape, part.dtype)
+        for rank, chunk, local, part in dist.shards(name, tensor):
+            specs[rank][chunk_key(chunk.vp_stage)][local] = (part.shape, part.dtype)
         total += tensor.numel() * tensor.element_size()
     if progress:
         logger.info(f"{desc}: checked every tensor against the config; {len(specs)} rank file(s) planned")
 
     scratch = Scratch()
     writers = {
-        (tp, pp): TorchRankWriter(torch_rank_file(tmp, tp, pp, layout.pp), spec, scratch)
-        for (tp, pp), spec in specs.items()
+        rank: TorchRankWriter(layout_rank_file(tmp, rank, layout), spec, scratch)
+        for rank, spec in specs.items()
     }
     with _progress(total, desc, progress) as bar:
         for name, tensor in source.weights():  # the writers cast to the planned dtype
-            for chunk, local in dist.placements(name):
-                for tp_rank, part in enumerate(dist.split(name, tensor)):
-                    writers[tp_rank, chunk.pp_rank].write(chunk_key(chunk.vp_stage), local, part)
+            for rank, chunk, local, part in dist.shards(name, tensor):
+                writers[rank].write(chunk_key(chunk.vp_stage), local, part)
             bar.update(tensor.numel() * (dtype or tensor.dtype).itemsize)
     for writer in writers.values():
         writer.close()

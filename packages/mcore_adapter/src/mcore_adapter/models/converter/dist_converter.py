@@ -21,12 +21,13 @@ The table fails closed: a weight without a rule is an error, never silently repl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, padded_vocab_size
+from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, RankFile, padded_vocab_size
 from .ops import cat
 from .shapes import expert_pattern
 from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, ConversionError, Template
@@ -74,11 +75,23 @@ EMBEDDING = "embedding.word_embeddings.weight"
 POST_PROCESS_PREFIXES = ("decoder.final_layernorm.", "output_layer.")
 
 
+# A canonical expert weight: layer, global expert index, the rest of the name.
+_EXPERT = re.compile(r"^decoder\.layers\.(\d+)\.mlp\.experts\.local_experts\.(\d+)\.(.+)$")
+# An expert weight in a rank file: SequentialMLP (local index in the path) or grouped GEMM
+# (TEGroupedMLP: the local index after the parameter name).
+_LOCAL_EXPERT = re.compile(r"^(decoder\.layers\.\d+\.mlp\.experts\.)local_experts\.(\d+)\.(.+)$")
+_GROUPED_EXPERT = re.compile(r"^(decoder\.layers\.\d+\.mlp\.experts\.)(linear_fc[12]\.(?:weight|bias))(\d+)$")
+
+
 class DistConverter:
     """Sharding of one model's canonical weights for one layout."""
 
     def __init__(self, mca_kwargs: Mapping[str, Any], layout: ParallelLayout):
         self.layout = layout.validate(mca_kwargs)
+        self.num_experts = int(mca_kwargs.get("num_moe_experts") or 0)
+        self.experts_per_rank = self.num_experts // self.layout.ep if self.num_experts else 0
+        # Megatron's two expert modules name their weights differently; the config picks one.
+        self.grouped_gemm = bool(mca_kwargs.get("moe_grouped_gemm"))
         self.gated = bool(mca_kwargs.get("swiglu") or mca_kwargs.get("gated_linear_unit"))
         self.tied = bool(mca_kwargs.get("tie_embeddings_and_output_weights"))
         self.vocab_size = int(mca_kwargs.get("vocab_size") or mca_kwargs["padded_vocab_size"])
@@ -101,6 +114,10 @@ class DistConverter:
         layer, rest = Template.split_mca_name(name)
         if layer is not None:
             chunk, local = self.layout.locate(layer)
+            expert = _EXPERT.match(name)
+            if expert:
+                index = int(expert.group(2)) % self.experts_per_rank
+                return [(chunk, self.local_expert_name(local, index, expert.group(3)))]
             return [(chunk, Template.join_mca_name(local, rest))]
         if name.startswith(POST_PROCESS_PREFIXES):
             return [(self.last, name)]
@@ -109,9 +126,48 @@ class DistConverter:
             out.append((self.last, MCA_OUTPUT_LAYER))
         return out
 
-    def canonical_name(self, chunk: Chunk, local_name: str) -> str | None:
-        """The canonical name of a chunk-local weight; ``None`` for the last stage's copy of
-        tied embeddings (the first stage's embedding is the weight)."""
+    # ------------------------------------------------------------------ experts
+    def expert_owner(self, name: str) -> int | None:
+        """The expert-parallel rank holding a canonical expert weight (``None``: not an expert)."""
+        expert = _EXPERT.match(name)
+        return None if expert is None else int(expert.group(2)) // self.experts_per_rank
+
+    def local_expert_name(self, layer: int, index: int, rest: str) -> str:
+        """A rank file's name of local expert ``index`` of chunk-local ``layer``."""
+        if self.grouped_gemm:
+            return f"decoder.layers.{layer}.mlp.experts.{rest}{index}"
+        return f"decoder.layers.{layer}.mlp.experts.local_experts.{index}.{rest}"
+
+    def shards(self, name: str, tensor: torch.Tensor) -> list[tuple[RankFile, Chunk, str, torch.Tensor]]:
+        """Every (rank file, chunk, chunk-local name, slice) of a canonical weight."""
+        parts = self.split(name, tensor)
+        owner = self.expert_owner(name)
+        out = []
+        for chunk, local in self.placements(name):
+            for rank in self.layout.ranks():
+                if rank.pp != chunk.pp_rank or (owner is not None and rank.ep != owner):
+                    continue
+                out.append((rank, chunk, local, parts[rank.tp if owner is None else rank.etp]))
+        return out
+
+    def canonical_name(self, chunk: Chunk, local_name: str, ep_rank: int = 0) -> str | None:
+        """The canonical name of a chunk-local weight (an expert's of ``ep_rank``); ``None`` for
+        the last stage's copy of tied embeddings (the first stage's embedding is the weight)."""
+        for pattern, index_group, rest_group in ((_LOCAL_EXPERT, 2, 3), (_GROUPED_EXPERT, 3, 2)):
+            match = pattern.match(local_name)
+            if match:
+                index = int(match.group(index_group))
+                if not self.experts_per_rank or index >= self.experts_per_rank:
+                    raise ConversionError(
+                        f"{local_name!r}: expert {index} of an expert-parallel rank; with "
+                        f"{self.num_experts} experts over ep={self.layout.ep} each rank holds "
+                        f"{self.experts_per_rank}"
+                    )
+                local_layer = match.group(1).split(".")[2]
+                global_index = ep_rank * self.experts_per_rank + index
+                expert_name = f"decoder.layers.{local_layer}.mlp.experts.local_experts.{global_index}"
+                local_name = f"{expert_name}.{match.group(rest_group)}"
+                break
         layer, rest = Template.split_mca_name(local_name)
         if layer is not None:
             if layer >= len(chunk.layers):
@@ -139,9 +195,14 @@ class DistConverter:
             return COLUMN
         return rule
 
+    def parallel_size(self, name: str) -> int:
+        """How many slices a weight has: tp, or etp for an expert's."""
+        return self.layout.expert_tp if _EXPERT.match(name) else self.layout.tp
+
     def split(self, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """The ``tp`` slices of a canonical weight, one per tensor-parallel rank (views)."""
-        tp = self.layout.tp
+        """The slices of a canonical weight, one per tensor-parallel rank (expert-tensor-parallel
+        rank for an expert's weight), as views."""
+        tp = self.parallel_size(name)
         rule = self.rule(name)
         if rule == REPLICATED or (tp == 1 and rule != VOCAB):
             return [tensor] * tp
@@ -158,8 +219,8 @@ class DistConverter:
         return list(torch.chunk(tensor, tp, dim=dim))
 
     def merge(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
-        """Inverse of ``split``: the canonical weight from its ``tp`` slices."""
-        tp = self.layout.tp
+        """Inverse of ``split``: the canonical weight from its slices."""
+        tp = self.parallel_size(name)
         if len(parts) != tp:
             raise ConversionError(f"{name}: expected {tp} tensor-parallel slices, got {len(parts)}")
         rule = self.rule(name)

@@ -10,7 +10,8 @@ Megatron rejects is rejected here, with Megatron's reason, before anything is wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -26,6 +27,8 @@ LAYOUT_FIELDS = (
     "virtual_pipeline_model_parallel_size",
     "num_layers_in_first_pipeline_stage",
     "num_layers_in_last_pipeline_stage",
+    "expert_model_parallel_size",
+    "expert_tensor_parallel_size",
 )
 
 
@@ -52,12 +55,26 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class RankFile:
+    """One rank's file of the per-rank ``torch`` format: its tensor-, pipeline- and
+    expert-parallel ranks (the name) and its expert-tensor-parallel rank (which slice of each
+    of its experts it holds)."""
+
+    tp: int
+    pp: int
+    ep: int = 0
+    etp: int = 0
+
+
+@dataclass(frozen=True)
 class ParallelLayout:
     tp: int = 1
     pp: int = 1
     vpp: int | None = None
     num_layers_in_first_pipeline_stage: int | None = None
     num_layers_in_last_pipeline_stage: int | None = None
+    ep: int = 1
+    etp: int | None = None  # expert tensor parallelism; None: as tp (Megatron's default)
     # The model numbers the layout is checked against (set by ``for_model``).
     num_layers: int = field(default=0, compare=False)
 
@@ -65,12 +82,16 @@ class ParallelLayout:
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> ParallelLayout:
         """The layout an ``mca_config``-style dict describes (missing fields: no parallelism)."""
         vpp = kwargs.get("virtual_pipeline_model_parallel_size")
+        tp = int(kwargs.get("tensor_model_parallel_size") or 1)
+        etp = kwargs.get("expert_tensor_parallel_size")
         return cls(
-            tp=int(kwargs.get("tensor_model_parallel_size") or 1),
+            tp=tp,
             pp=int(kwargs.get("pipeline_model_parallel_size") or 1),
             vpp=int(vpp) if vpp and int(vpp) > 1 else None,
             num_layers_in_first_pipeline_stage=kwargs.get("num_layers_in_first_pipeline_stage"),
             num_layers_in_last_pipeline_stage=kwargs.get("num_layers_in_last_pipeline_stage"),
+            ep=int(kwargs.get("expert_model_parallel_size") or 1),
+            etp=int(etp) if etp and int(etp) != tp else None,
             num_layers=int(kwargs.get("num_layers") or 0),
         )
 
@@ -84,10 +105,17 @@ class ParallelLayout:
             self.vpp,
             self.num_layers_in_first_pipeline_stage,
             self.num_layers_in_last_pipeline_stage,
+            self.ep,
+            self.etp,
         )
+
+    @property
+    def expert_tp(self) -> int:
+        return self.etp or self.tp
 
     def describe(self) -> str:
         text = f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp else "")
+        text += (f"ep{self.ep}" if self.ep > 1 else "") + (f"etp{self.etp}" if self.etp else "")
         uneven = (self.num_layers_in_first_pipeline_stage, self.num_layers_in_last_pipeline_stage)
         return text + (f"(first={uneven[0]},last={uneven[1]})" if any(v is not None for v in uneven) else "")
 
@@ -117,9 +145,30 @@ class ParallelLayout:
             )
         if vpp is not None and pp < 2:
             raise LayoutError(f"virtual pipeline (vpp={vpp}) needs pp >= 2, got pp={pp}")
+        self._check_experts(model)
         bound = ParallelLayout(*self._values(), num_layers=int(model["num_layers"]))
         bound._check_layers()
+        bound.ranks()  # the rank files must have distinct names
         return bound
+
+    def _check_experts(self, model: Mapping[str, Any]) -> None:
+        ep, etp = self.ep, self.expert_tp
+        for name, value in (("ep", ep), ("etp", etp)):
+            if value < 1:
+                raise LayoutError(f"{name} must be >= 1, got {value}")
+        experts = model.get("num_moe_experts")
+        if not experts:
+            if ep > 1 or self.etp:
+                raise LayoutError(
+                    f"expert parallelism (ep={ep}, etp={etp}) needs a mixture-of-experts model; "
+                    f"this {model.get('hf_model_type') or 'model'} has no experts: drop --ep/--etp"
+                )
+            return
+        if experts % ep:
+            raise LayoutError(
+                f"num_moe_experts={experts} is not divisible by ep={ep}; every expert-parallel rank "
+                f"holds the same number of experts: choose ep among {_divisors(experts)}"
+            )
 
     def _check_layers(self) -> None:
         first, last = self.num_layers_in_first_pipeline_stage, self.num_layers_in_last_pipeline_stage
@@ -193,11 +242,29 @@ class ParallelLayout:
                 return chunk, layer - chunk.layers.start
         raise LayoutError(f"layer {layer} is outside the model's {self.num_layers} layers")
 
-    def ranks(self) -> Iterator[tuple[int, int]]:
-        """``(tp_rank, pp_rank)`` of every model-parallel rank."""
+    def ranks(self) -> list[RankFile]:
+        """Every rank file of the ``torch`` format, in rank order.
+
+        Megatron-Core orders ranks tensor-parallel first, for the dense weights (tp, then data
+        parallel) and for the experts (etp, then ep, then expert data parallel): within one
+        pipeline stage, local rank ``k`` holds dense slice ``k % tp`` and the slice ``k % etp``
+        of the experts of ``ep`` rank ``(k // etp) % ep``. A stage needs lcm(tp, etp x ep) ranks
+        to hold every slice; Megatron-LM names each rank's file by its tp, pp and ep rank."""
+        ep, etp = self.ep, self.expert_tp
+        per_stage = math.lcm(self.tp, etp * ep)
+        files: dict[tuple[int, int, int], RankFile] = {}
         for pp_rank in range(self.pp):
-            for tp_rank in range(self.tp):
-                yield tp_rank, pp_rank
+            for k in range(per_stage):
+                rank = RankFile(k % self.tp, pp_rank, (k // etp) % ep if ep > 1 else 0, k % etp)
+                key = (rank.tp, rank.pp, rank.ep)
+                if key in files and files[key] != rank:
+                    raise LayoutError(
+                        f"with tp={self.tp}, etp={etp}, ep={ep} two ranks hold different expert slices "
+                        f"under one file name (tp rank {rank.tp}, ep rank {rank.ep}); the per-rank "
+                        "'torch' format cannot store this layout: choose etp dividing tp"
+                    )
+                files[key] = rank
+        return list(files.values())
 
 
 def _divisors(n: int) -> list[int]:

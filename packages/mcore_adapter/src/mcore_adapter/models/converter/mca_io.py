@@ -25,7 +25,7 @@ import torch
 
 from .buffers import Scratch
 from .hf_io import CheckpointError, read_json, write_json
-from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout
+from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
 from .template import ARCH_FIELDS, ConversionError, as_json, get_template
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
@@ -67,8 +67,11 @@ def iteration_dir(path: str | os.PathLike, iteration: int | str | None = None) -
         ) from None
 
 
-def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    return f"mp_rank_{tp_rank:02d}" if pp_size == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int, ep_rank: int = 0, ep_size: int = 1) -> str:
+    """Megatron-LM's name of a rank's directory: ``mp_rank_TT``, with ``_PPP`` under pipeline
+    parallelism and ``_EEE`` under expert parallelism."""
+    name = f"mp_rank_{tp_rank:02d}" if pp_size == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+    return name if ep_size == 1 else f"{name}_{ep_rank:03d}"
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -244,8 +247,23 @@ def _check_hf_config(file: Path, template, mca_config: dict[str, Any], hf_config
         )
 
 
-def torch_rank_file(path: str | os.PathLike, tp_rank: int = 0, pp_rank: int = 0, pp_size: int = 1) -> Path:
-    return iteration_dir(path) / rank_dir_name(tp_rank, pp_rank, pp_size) / "model_optim_rng.pt"
+def torch_rank_file(
+    path: str | os.PathLike,
+    tp_rank: int = 0,
+    pp_rank: int = 0,
+    pp_size: int = 1,
+    ep_rank: int = 0,
+    ep_size: int = 1,
+) -> Path:
+    return (
+        iteration_dir(path)
+        / rank_dir_name(tp_rank, pp_rank, pp_size, ep_rank, ep_size)
+        / "model_optim_rng.pt"
+    )
+
+
+def layout_rank_file(path: str | os.PathLike, rank: RankFile, layout: ParallelLayout) -> Path:
+    return torch_rank_file(path, rank.tp, rank.pp, layout.pp, rank.ep, layout.ep)
 
 
 def chunk_key(vp_stage: int | None) -> str:
