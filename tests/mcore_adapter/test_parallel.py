@@ -1,6 +1,8 @@
 """Every dense template at TP2, PP2, VPP2 and TP2xPP2 (and more layouts Megatron-Core accepts),
-in real multi-process jobs (gloo on CPU): logits parity with transformers, loading the
-offline converter's rank files, export back to HF, and torch_dist reloaded at another layout.
+and every mixture-of-experts template at TP2, EP2, TP2xEP2, expert tensor parallelism and PP2,
+with both token dispatchers, in real multi-process jobs (gloo on CPU): logits parity with
+transformers, loading the offline converter's rank files, export back to HF, and torch_dist
+reloaded at another layout.
 
 One job per world size runs all its cases (each rank imports megatron once). Results are also
 recorded (``record_layout``) for tools/support_matrix.py, which renders the README's layout
@@ -16,7 +18,7 @@ import pytest
 from mcore_adapter.launch import launch
 from mcore_adapter.models.converter.convert import convert_hf_to_mca
 from mcore_adapter.models.converter.layout import ParallelLayout
-from mcore_adapter.testing import TINY_MODELS, TINY_VL_MODELS
+from mcore_adapter.testing import MOE_MODELS, TINY_MODELS, TINY_VL_MODELS
 from mcore_adapter.testing.layout_cases import run_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -38,6 +40,12 @@ TP2PP2_UNEVEN = {
     "num_layers_in_last_pipeline_stage": 3,
 }
 TP2VPP2 = {"tp": 2, "pp": 2, "vpp": 2}
+# Expert parallelism (world sizes: pp x lcm(tp, etp x ep)).
+EP2 = {"ep": 2}
+TP2EP2 = {"tp": 2, "ep": 2}
+TP2EP2_ETP1 = {"tp": 2, "ep": 2, "etp": 1}  # experts whole on each rank, attention split
+PP2EP2 = {"pp": 2, "ep": 2}
+TP2_ETP1 = {"tp": 2, "etp": 1}
 
 NAMES = {
     "TP2": TP2,
@@ -48,12 +56,46 @@ NAMES = {
     "PP4": PP4,
     "TP2xPP2 uneven": TP2PP2_UNEVEN,
     "TP2xPP2xVPP2": TP2VPP2,
+    "EP2": EP2,
+    "TP2xEP2": TP2EP2,
+    "TP2xEP2 ETP1": TP2EP2_ETP1,
+    "PP2xEP2": PP2EP2,
+    "TP2 ETP1": TP2_ETP1,
 }
+
+# Mixture of experts: (model_type, variant, layout name, token dispatcher, reload layout). A
+# variant is a tiny-model override set (deepseek_v3 without the q low-rank projection).
+MOE_VARIANTS = {"": {}, "q_lora_rank=None": {"q_lora_rank": None}}
+
+
+def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
+    if world == 2:
+        specs = [(t, "", "TP2", "allgather", None) for t in MOE_MODELS]
+        specs += [(t, "", "EP2", "alltoall", None) for t in MOE_MODELS]
+        specs += [(t, "", "PP2", "alltoall", None) for t in ("deepseek_v3", "glm4_moe")]  # dense stage 0
+        specs += [
+            ("qwen3_moe", "", "EP2", "allgather", TP2),  # saved at EP2, reloaded at TP2
+            ("qwen2_moe", "", "TP2xEP2 ETP1", "alltoall", None),
+            ("mixtral", "", "TP2 ETP1", "allgather", None),
+            ("deepseek_v3", "q_lora_rank=None", "EP2", "alltoall", None),
+        ]
+        return specs
+    specs = [(t, "", "TP2xEP2", "alltoall", None) for t in MOE_MODELS]
+    specs += [
+        ("qwen3_moe", "", "TP2xEP2", "allgather", None),
+        ("glm4_moe", "", "PP2xEP2", "alltoall", TP2),
+        ("deepseek_v3", "", "TP2xPP2", "allgather", EP2),
+    ]
+    return specs
+
+
+def _moe_id(model_type: str, variant: str, name: str, dispatcher: str) -> str:
+    return "-".join(filter(None, [model_type, variant, name.replace(" ", "_"), dispatcher]))
 
 
 def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
     """(model_type, tied, layout name, layout to reload torch_dist at) for a world size."""
-    types = sorted(TINY_MODELS)
+    types = sorted(set(TINY_MODELS) - set(MOE_MODELS))
     if world == 2:
         specs = [
             (t, tie, name, None) for t in types for tie in (False, True) for name in ("TP2", "PP2", "VPP2")
@@ -112,6 +154,25 @@ def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[s
                 "torch_dist_reload_layout": reload,
             }
         )
+    for model_type, variant, name, dispatcher, reload in _moe_specs(world):
+        layout = NAMES[name]
+        hf_dir = tiny_checkpoint(model_type, **MOE_VARIANTS[variant])
+        case_id = _moe_id(model_type, variant, name, dispatcher)
+        torch_dir = work / f"{case_id}-torch"
+        convert_hf_to_mca(hf_dir, torch_dir, layout=ParallelLayout(**layout), progress=False)
+        cases.append(
+            {
+                "id": case_id,
+                "model_type": model_type,
+                "tied": False,
+                "layout_name": f"{name} {dispatcher}" + (f" ({variant})" if variant else ""),
+                "layout": layout,
+                "overrides": {"moe_token_dispatcher_type": dispatcher},
+                "hf_dir": str(hf_dir),
+                "torch_dir": str(torch_dir),
+                "torch_dist_reload_layout": reload,
+            }
+        )
     results = {r["id"]: r for r in launch(run_cases, world, cases, str(work))[0]}
     for r in results.values():
         if r["id"] == ROLL_CASE["id"]:
@@ -151,7 +212,8 @@ def world4(tiny_checkpoint, tmp_path_factory, record_layout):
 
 
 def _ids(world: int) -> list[str]:
-    return [f"{t}-{'tied' if tie else 'untied'}-{n.replace(' ', '_')}" for t, tie, n, _ in _specs(world)]
+    dense = [f"{t}-{'tied' if tie else 'untied'}-{n.replace(' ', '_')}" for t, tie, n, _ in _specs(world)]
+    return dense + [_moe_id(t, v, n, d) for t, v, n, d, _ in _moe_specs(world)]
 
 
 @pytest.mark.parametrize("case_id", _ids(2))
@@ -172,9 +234,15 @@ def test_checkpoint_written_by_roll_loads_at_its_layout(world4):
 
 def test_every_template_at_every_required_layout():
     covered = {(t, n) for t, _, n, _ in _specs(2) + _specs(4)}
-    for model_type in sorted(TINY_MODELS):
+    for model_type in sorted(set(TINY_MODELS) - set(MOE_MODELS)):
         for name in ("TP2", "PP2", "VPP2", "TP2xPP2"):
             assert (model_type, name) in covered
+    moe = {(t, n, d) for t, _, n, d, _ in _moe_specs(2) + _moe_specs(4)}
+    for model_type in MOE_MODELS:
+        for name in ("TP2", "EP2", "TP2xEP2"):
+            assert {(model_type, name, "allgather"), (model_type, name, "alltoall")} & moe
+    for model_type in ("deepseek_v3", "glm4_moe"):  # a dense first stage
+        assert any(t == model_type and n.startswith("PP2") for t, n, _ in moe)
 
 
 def test_verify_cli_launches_the_ranks_itself(tiny_checkpoint, capsys):

@@ -20,7 +20,15 @@ from pathlib import Path
 from .models.converter.atomic import Interrupted, check_output_dir
 from .models.converter.errors import CheckpointError, UserError
 
-LAYOUT_FLAGS = ("tp", "pp", "vpp", "num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
+LAYOUT_FLAGS = (
+    "tp",
+    "pp",
+    "vpp",
+    "num_layers_in_first_pipeline_stage",
+    "num_layers_in_last_pipeline_stage",
+    "ep",
+    "etp",
+)
 
 
 def _flag(name: str) -> str:
@@ -28,19 +36,17 @@ def _flag(name: str) -> str:
 
 
 def _layout(args: argparse.Namespace):
-    from .models.converter.layout import LayoutError, ParallelLayout
+    from .models.converter.layout import ParallelLayout
 
-    if args.ep != 1:
-        raise LayoutError(
-            f"--ep {args.ep}: expert parallelism needs a model with experts; no MoE template is "
-            "registered yet: leave --ep at 1"
-        )
+    tp = args.tp or 1
     return ParallelLayout(
         tp=args.tp or 1,
         pp=args.pp or 1,
         vpp=args.vpp if args.vpp and args.vpp > 1 else None,
         num_layers_in_first_pipeline_stage=args.num_layers_in_first_pipeline_stage,
         num_layers_in_last_pipeline_stage=args.num_layers_in_last_pipeline_stage,
+        ep=args.ep or 1,
+        etp=args.etp if args.etp and args.etp != tp else None,
     )
 
 
@@ -162,6 +168,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "vpp": layout.vpp,
         "num_layers_in_first_pipeline_stage": layout.num_layers_in_first_pipeline_stage,
         "num_layers_in_last_pipeline_stage": layout.num_layers_in_last_pipeline_stage,
+        "ep": layout.ep,
+        "etp": layout.etp,
     }
     diff = verify(hf_dir, layout_kwargs, args.batch_size, args.seq_len, image=args.image)
     print(f"layout={layout.describe()}")
@@ -257,9 +265,15 @@ def _add_layout_args(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument(
         "--ep",
         type=_positive,
-        default=1,
         metavar="N",
-        help="expert-parallel size (models with experts; none is registered yet, so 1)",
+        help="expert-parallel size: a mixture-of-experts model's experts split over N ranks (default 1)",
+    )
+    group.add_argument(
+        "--etp",
+        type=_positive,
+        metavar="N",
+        help="expert-tensor-parallel size: each expert's weights split over N ranks, independently "
+        "of --tp (default: as --tp)",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch.distributed as dist
@@ -20,8 +21,16 @@ def init_process_group() -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
-def initialize_model_parallel(tp: int = 1, pp: int = 1, vpp: int | None = None, seed: int = 1234) -> None:
-    """Initialize megatron's parallel state once; an existing layout is kept as it is."""
+def initialize_model_parallel(
+    tp: int = 1,
+    pp: int = 1,
+    vpp: int | None = None,
+    seed: int = 1234,
+    ep: int = 1,
+    etp: int | None = None,
+) -> None:
+    """Initialize megatron's parallel state once; an existing layout is kept as it is. The
+    world size must be a multiple of pp x lcm(tp, etp x ep) (``world_size`` gives the least)."""
     platform.quiet_cpu_noise()
     from megatron.core import parallel_state
 
@@ -33,9 +42,17 @@ def initialize_model_parallel(tp: int = 1, pp: int = 1, vpp: int | None = None, 
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         virtual_pipeline_model_parallel_size=vpp,
+        expert_model_parallel_size=ep,
+        expert_tensor_parallel_size=etp,
     )
     platform.model_parallel_seed(seed)
 
 
 def is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size(tp: int = 1, pp: int = 1, ep: int = 1, etp: int | None = None) -> int:
+    """The least number of ranks that runs a layout: each pipeline stage needs every dense slice
+    (tp) and every expert slice of every expert-parallel rank (etp x ep)."""
+    return pp * math.lcm(tp, (etp or tp) * ep)

@@ -59,6 +59,7 @@ _CPU_NOISE = (
     r"When using async grad allreduce it is recommended to set the environment variable CUDA_DEVICE_MAX_CONNECTIONS",
     r"full scope is deprecated",  # megatron's own default of cuda_graph_scope
     r"`torch\.distributed\.all_gather_into_tensor` is deprecated",  # called inside megatron
+    r"`torch\.distributed\.reduce_scatter_tensor` is deprecated",  # megatron's MoE dispatchers
     r"Warning: tp_group is None, using default tp group",
 )
 

@@ -116,7 +116,9 @@ def verify_rank(
     from . import AutoModel
     from .parallel import initialize_model_parallel
 
-    initialize_model_parallel(tp=layout["tp"], pp=layout["pp"], vpp=layout.get("vpp"))
+    initialize_model_parallel(
+        tp=layout["tp"], pp=layout["pp"], vpp=layout.get("vpp"), ep=layout.get("ep", 1), etp=layout.get("etp")
+    )
     uneven = {k: v for k, v in layout.items() if k.startswith("num_layers_in_") and v is not None}
     models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
     return max_abs_diff_with_hf(models, hf_dir, batch_size, seq_len, seed, image)
@@ -130,9 +132,11 @@ def verify(
     seed: int = 0,
     image: bool = False,
 ) -> float:
-    """Max |logits diff| at ``layout`` (``tp``, ``pp``, ``vpp``, uneven split); more than one
-    rank is launched here as local processes (gloo on CPU)."""
-    world = layout["tp"] * layout["pp"]
+    """Max |logits diff| at ``layout`` (``tp``, ``pp``, ``vpp``, uneven split, ``ep``,
+    ``etp``); more than one rank is launched here as local processes (gloo on CPU)."""
+    from .parallel import world_size
+
+    world = world_size(layout["tp"], layout["pp"], layout.get("ep", 1), layout.get("etp"))
     args = (str(Path(hf_dir)), layout, batch_size, seq_len, seed, image)
     if world == 1:
         return verify_rank(*args)

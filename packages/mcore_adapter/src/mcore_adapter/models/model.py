@@ -28,6 +28,7 @@ from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 from .. import platform
 from ..parallel import initialize_model_parallel
 from . import model_io
+from .converter.dist_converter import COLUMN
 from .model_config import McaModelConfig
 
 try:  # Transformer Engine is optional (absent on CPU machines)
@@ -52,6 +53,19 @@ def gpt_block_spec(config: McaModelConfig, vp_stage: int | None = None):
     return get_gpt_decoder_block_spec(
         config, use_transformer_engine=te, normalization=config.normalization, vp_stage=vp_stage
     )
+
+
+# Megatron's local spec builds MLA's down projections as column-parallel linears (TE's are
+# duplicated): a built local-spec model holds slices of what the torch format keeps whole.
+LOCAL_SPEC_TP_RULES = {
+    ".self_attention.linear_q_down_proj.weight": COLUMN,
+    ".self_attention.linear_kv_down_proj.weight": COLUMN,
+}
+
+
+def tp_rule_overrides(config: McaModelConfig) -> dict[str, str]:
+    """How the built model splits weights otherwise than the ``torch`` format (TE's spec)."""
+    return {} if use_transformer_engine() or not config.multi_latent_attention else LOCAL_SPEC_TP_RULES
 
 
 def te_names(layer) -> dict[str, str]:

@@ -23,15 +23,16 @@ from .converter.atomic import check_output_dir, staged_output_dir
 from .converter.convert import HFSource, write_hf
 from .converter.dist_converter import REPLICATED, DistConverter
 from .converter.hf_io import HF_CONFIG_NAME, HFCheckpoint, write_json
-from .converter.layout import ParallelLayout
+from .converter.layout import ParallelLayout, RankFile
 from .converter.mca_io import (
     McaCheckpointMeta,
     TorchRankReader,
     chunk_key,
     is_mca_dir,
     iteration_dir,
-    torch_rank_file,
+    layout_rank_file,
 )
+from .converter.shapes import expert_pattern
 from .converter.template import ConversionError, Template, get_template
 
 DEFAULT_BUCKET_BYTES = 256 * 1024**2
@@ -66,6 +67,8 @@ def live_layout_kwargs() -> dict[str, Any]:
         "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
         "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
         "virtual_pipeline_model_parallel_size": vpp if vpp and vpp > 1 else None,
+        "expert_model_parallel_size": parallel_state.get_expert_model_parallel_world_size(),
+        "expert_tensor_parallel_size": parallel_state.get_expert_tensor_parallel_world_size(),
     }
 
 
@@ -77,26 +80,43 @@ def build_chunks(cls, config) -> list:
 
 
 def dist_converter(config) -> DistConverter:
+    """The sharding of the built model (its modules' own splits where they differ from the
+    ``torch`` format's)."""
+    from .model import tp_rule_overrides
+
     kwargs = config.to_mca_kwargs()
-    return DistConverter(kwargs, ParallelLayout.from_kwargs(kwargs))
+    return DistConverter(kwargs, ParallelLayout.from_kwargs(kwargs), tp_rule_overrides(config))
 
 
 def _ranks() -> tuple[int, int]:
     return parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
 
 
+def _rank_file(conv: DistConverter) -> RankFile:
+    """This rank's place in the layout: the rank file it would write in the ``torch`` format."""
+    tp_rank, pp_rank = _ranks()
+    if not conv.num_experts:
+        return RankFile(tp_rank, pp_rank, 0, tp_rank)
+    return RankFile(
+        tp_rank,
+        pp_rank,
+        parallel_state.get_expert_model_parallel_rank(),
+        parallel_state.get_expert_tensor_parallel_rank(),
+    )
+
+
 # ---------------------------------------------------------------------- loading
 def load_pretrained(models: list, path: str | os.PathLike) -> None:
     conv = dist_converter(models[0].config)
-    tp_rank, pp_rank = _ranks()
-    chunks = conv.layout.chunks_of(pp_rank)
+    me = _rank_file(conv)
+    chunks = conv.layout.chunks_of(me.pp)
     targets = {
         (chunk.vp_stage, local): tensor
         for model, chunk in zip(models, chunks, strict=True)
         for local, tensor in model.local_tensors().items()
     }
     if not is_mca_dir(path):
-        loaded = _load_hf(models[0].config, conv, targets, HFCheckpoint(path), tp_rank, pp_rank)
+        loaded = _load_hf(models[0].config, conv, targets, HFCheckpoint(path), me)
     else:
         meta = McaCheckpointMeta.load(path)
         if meta.checkpoint_format == "torch_dist":
@@ -104,7 +124,7 @@ def load_pretrained(models: list, path: str | os.PathLike) -> None:
             for model, key in zip(models, _chunk_keys(models), strict=True):
                 model.load_state_dict(state[key], strict=True)
             return
-        loaded = _load_torch(conv, targets, path, meta, tp_rank, pp_rank)
+        loaded = _load_torch(conv, targets, path, meta, me)
     missing = sorted(f"{chunk_key(vp)}/{name}" for vp, name in set(targets) - loaded)
     if missing:
         raise ConversionError(f"{path} lacks {len(missing)} parameter(s) of this rank, e.g. {missing[:5]}")
@@ -123,51 +143,65 @@ def _copy(targets: dict, key: tuple, tensor: torch.Tensor, source: str) -> None:
         target.copy_(tensor)
 
 
-def _load_hf(
-    config, conv: DistConverter, targets: dict, ckpt: HFCheckpoint, tp_rank: int, pp_rank: int
-) -> set:
-    """Read only the HF tensors whose Megatron weights live on this pipeline rank."""
+def _load_hf(config, conv: DistConverter, targets: dict, ckpt: HFCheckpoint, me: RankFile) -> set:
+    """Read only the HF tensors whose Megatron weights live on this rank (its pipeline stage,
+    and of the experts, its expert-parallel rank's)."""
     for _ in HFSource(ckpt.path).weights(meta=True):  # every header against the config, first
         pass
     template = get_template(ckpt.config.get("model_type"))
     mapper = template.mapper(config, to_mca=True)
 
+    def mine(name: str) -> bool:
+        owner = conv.expert_owner(name)
+        on_stage = any(chunk.pp_rank == me.pp for chunk, _ in conv.placements(name))
+        return on_stage and (owner is None or owner == me.ep)
+
     def wanted(hf_name: str) -> bool:
         outputs = mapper.outputs_of(hf_name)
         if outputs is None:
             return True  # unmapped: let push() name it
-        return any(chunk.pp_rank == pp_rank for name in outputs for chunk, _ in conv.placements(name))
+        return any(mine(name) for name in outputs)
 
     loaded = set()
     for hf_name, tensor in ckpt.tensors([n for n in ckpt.weight_map if wanted(n)]):
         for name, full in mapper.push(hf_name, tensor):
-            for chunk, local in conv.placements(name):
-                if chunk.pp_rank == pp_rank:
-                    _copy(targets, (chunk.vp_stage, local), conv.split(name, full)[tp_rank], str(ckpt.path))
+            for rank, chunk, local, part in conv.shards(name, full):
+                if rank == me:
+                    _copy(targets, (chunk.vp_stage, local), part, str(ckpt.path))
                     loaded.add((chunk.vp_stage, local))
     mapper.finish()
     return loaded
 
 
-def _load_torch(
-    conv: DistConverter, targets: dict, path, meta: McaCheckpointMeta, tp_rank: int, pp_rank: int
-) -> set:
+def _load_torch(conv: DistConverter, targets: dict, path, meta: McaCheckpointMeta, me: RankFile) -> set:
     if meta.layout != conv.layout:
+        layout = conv.layout
+        flags = f"--tp {layout.tp} --pp {layout.pp}" + (f" --vpp {layout.vpp}" if layout.vpp else "")
+        flags += (f" --ep {layout.ep}" if layout.ep > 1 else "") + (
+            f" --etp {layout.etp}" if layout.etp else ""
+        )
         raise ConversionError(
             f"{path} was written for {meta.layout.describe()} in 'torch' format, which is layout-specific; "
-            f"this job runs {conv.layout.describe()}: reshard it first (mcore-adapter convert SRC DST "
-            f"--tp {conv.layout.tp} --pp {conv.layout.pp}{f' --vpp {conv.layout.vpp}' if conv.layout.vpp else ''})"
+            f"this job runs {layout.describe()}: reshard it first (mcore-adapter convert SRC DST {flags})"
         )
-    reader = TorchRankReader(torch_rank_file(path, tp_rank, pp_rank, conv.layout.pp))
+    # The file's expert names may be the other expert module's (SequentialMLP / grouped GEMM):
+    # each goes through its canonical name to the name this model uses.
+    written = DistConverter(meta.mca_config, meta.layout)
+    reader = TorchRankReader(layout_rank_file(path, me, conv.layout))
     loaded = set()
-    for chunk in conv.layout.chunks_of(pp_rank):
+    for chunk in conv.layout.chunks_of(me.pp):
         key = chunk_key(chunk.vp_stage)
         if key not in reader.chunks:
             raise ConversionError(f"{reader.file} holds {sorted(reader.chunks)}, not {key!r}")
-        for local in reader.chunks[key]:
-            if local.endswith("_extra_state"):
+        for stored in reader.chunks[key]:
+            if stored.endswith("_extra_state"):
                 continue
-            _copy(targets, (chunk.vp_stage, local), reader.read(key, local), str(reader.file))
+            name = written.canonical_name(chunk, stored, me.ep)
+            local = stored if name is None else next(n for c, n in conv.placements(name) if c == chunk)
+            tensor = reader.read(key, stored)
+            if name is not None and conv.rule(name) != written.rule(name):  # kept whole, split here
+                tensor = conv.split(name, tensor)[me.tp]
+            _copy(targets, (chunk.vp_stage, local), tensor, str(reader.file))
             loaded.add((chunk.vp_stage, local))
     return loaded
 
@@ -198,17 +232,36 @@ def save_pretrained(models: list, path: str | os.PathLike, force: bool = False) 
 
 
 # ---------------------------------------------------------------------- export
+def _canonical_tensors(models: list, conv: DistConverter, me: RankFile) -> dict[str, torch.Tensor]:
+    """This rank's weights (its slices) by canonical name, in the chunks' order."""
+    mine = {}
+    for model, chunk in zip(models, conv.layout.chunks_of(me.pp), strict=True):
+        for local, tensor in model.local_tensors().items():
+            name = conv.canonical_name(chunk, local, me.ep)
+            if name is not None:
+                mine[name] = tensor.detach()
+    return mine
+
+
 def _plan(models: list, conv: DistConverter) -> list[tuple[int, str, torch.Size, torch.dtype]]:
     """Every canonical weight of the model as (owner pipeline rank, name, full shape, dtype), in
-    the same order on every rank: embedding, layers in order, then the last stage's weights."""
-    _, pp_rank = _ranks()
+    the same order on every rank: embedding, layers in order, then the last stage's weights. An
+    expert-parallel rank lists every rank's experts (they are alike: same names and shapes)."""
+    me = _rank_file(conv)
     mine = []
-    for model, chunk in zip(models, conv.layout.chunks_of(pp_rank), strict=True):
-        for local, tensor in model.local_tensors().items():
-            name = conv.canonical_name(chunk, local)
-            if name is not None:
-                shard = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
-                mine.append((name, conv.merge(name, [shard] * conv.layout.tp).shape, tensor.dtype))
+    for name, tensor in _canonical_tensors(models, conv, me).items():
+        shard = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+        shape = conv.merge(name, [shard] * conv.parallel_size(name)).shape
+        owner = conv.expert_owner(name)
+        if owner is None:
+            mine.append((name, shape, tensor.dtype))
+            continue
+        layer_prefix, _, rest = name.partition(".mlp.experts.local_experts.")
+        index, _, suffix = rest.partition(".")
+        local = int(index) - owner * conv.experts_per_rank
+        for ep in range(conv.layout.ep):
+            expert = ep * conv.experts_per_rank + local
+            mine.append((f"{layer_prefix}.mlp.experts.local_experts.{expert}.{suffix}", shape, tensor.dtype))
     stages: list[Any] = [None] * conv.layout.pp
     if conv.layout.pp > 1:
         dist.all_gather_object(stages, mine, group=parallel_state.get_pipeline_model_parallel_group())
@@ -216,11 +269,11 @@ def _plan(models: list, conv: DistConverter) -> list[tuple[int, str, torch.Size,
         stages = [mine]
     entries = [(owner, *entry) for owner, entries in enumerate(stages) for entry in entries]
 
-    def order(item: tuple[int, str, Any, Any]) -> tuple[int, int]:
-        layer, _ = Template.split_mca_name(item[1])
+    def order(item: tuple[int, str, Any, Any]) -> tuple[int, int, int]:
+        layer, rest = Template.split_mca_name(item[1])
         if layer is not None:
-            return 1, layer
-        return (2, 0) if item[0] == conv.layout.pp - 1 and item[0] > 0 else (0, 0)
+            return 1, layer, expert_pattern(rest)[1] or 0
+        return (2, 0, 0) if item[0] == conv.layout.pp - 1 and item[0] > 0 else (0, 0, 0)
 
     return sorted(entries, key=order)
 
@@ -229,28 +282,17 @@ def gather_canonical(
     models: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of whole canonical weights, on every rank: tensor-parallel slices are gathered
-    over the TP group and each weight is broadcast from its pipeline stage. Collective; a
-    bucket holds about ``bucket_bytes`` (at least one weight)."""
+    over the TP group (an expert's over its expert-TP group), an expert is broadcast from its
+    expert-parallel rank, and each weight from its pipeline stage. Collective; a bucket holds
+    about ``bucket_bytes`` (at least one weight), so memory stays at one bucket."""
     conv = dist_converter(models[0].config)
-    _tp_rank, pp_rank = _ranks()
-    tp_group = parallel_state.get_tensor_model_parallel_group()
+    me = _rank_file(conv)
     pp_group = parallel_state.get_pipeline_model_parallel_group()
-    mine = {}
-    for model, chunk in zip(models, conv.layout.chunks_of(pp_rank), strict=True):
-        for local, tensor in model.local_tensors().items():
-            name = conv.canonical_name(chunk, local)
-            if name is not None:
-                mine[name] = tensor.detach()
+    mine = _canonical_tensors(models, conv, me)
     bucket, size = [], 0
     for owner, name, shape, dtype in _plan(models, conv):
-        if owner == pp_rank:
-            shard = mine[name].contiguous()
-            if conv.layout.tp > 1 and conv.rule(name) != REPLICATED:
-                parts = [torch.empty_like(shard) for _ in range(conv.layout.tp)]
-                dist.all_gather(parts, shard, group=tp_group)
-            else:
-                parts = [shard] * conv.layout.tp
-            full = conv.merge(name, parts).contiguous()
+        if owner == me.pp:
+            full = _gather_on_stage(conv, me, name, shape, dtype, mine)
         else:
             full = torch.empty(shape, dtype=dtype, device=platform.device())
         if conv.layout.pp > 1:
@@ -262,6 +304,28 @@ def gather_canonical(
             bucket, size = [], 0
     if bucket:
         yield bucket
+
+
+def _gather_on_stage(conv: DistConverter, me: RankFile, name: str, shape, dtype, mine: dict) -> torch.Tensor:
+    """The whole weight on every rank of its pipeline stage."""
+    expert_owner = conv.expert_owner(name)
+    if expert_owner is None:
+        group, size = parallel_state.get_tensor_model_parallel_group(), conv.layout.tp
+    else:
+        group, size = parallel_state.get_expert_tensor_parallel_group(), conv.layout.expert_tp
+    if expert_owner is None or expert_owner == me.ep:
+        shard = mine[name].contiguous()
+        if size > 1 and conv.rule(name) != REPLICATED:
+            parts = [torch.empty_like(shard) for _ in range(size)]
+            dist.all_gather(parts, shard, group=group)
+        else:
+            parts = [shard] * size
+        full = conv.merge(name, parts).contiguous()
+    else:
+        full = torch.empty(shape, dtype=dtype, device=platform.device())
+    if expert_owner is not None and conv.layout.ep > 1:
+        dist.broadcast(full, group=parallel_state.get_expert_model_parallel_group(), group_src=expert_owner)
+    return full
 
 
 def export_hf_buckets(

@@ -26,7 +26,13 @@ def _init(layout: dict[str, Any]) -> dict[str, Any]:
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    initialize_model_parallel(tp=layout.get("tp", 1), pp=layout.get("pp", 1), vpp=layout.get("vpp"))
+    initialize_model_parallel(
+        tp=layout.get("tp", 1),
+        pp=layout.get("pp", 1),
+        vpp=layout.get("vpp"),
+        ep=layout.get("ep", 1),
+        etp=layout.get("etp"),
+    )
     return {k: v for k, v in layout.items() if k.startswith("num_layers_in_") and v is not None}
 
 
@@ -73,14 +79,15 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 read.append(name)
             yield name, tensor
 
+    overrides = case.get("overrides", {})  # e.g. the MoE token dispatcher
     HFCheckpoint.tensors = counting
     try:
-        models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
+        models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven, **overrides)
     finally:
         HFCheckpoint.tensors = original
     reads: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(reads, len(read))
-    from_torch = AutoModel.from_pretrained(case["torch_dir"], dtype=torch.float32)
+    from_torch = AutoModel.from_pretrained(case["torch_dir"], dtype=torch.float32, **overrides)
     vision = "vision_config" in HFCheckpoint(hf_dir).config
     hf_diff, torch_diff = _diffs(models, [from_torch], hf_dir, vision)
     result = {
@@ -104,7 +111,7 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
         models.save_pretrained(dist_dir)
         del models, from_torch
         uneven = _init(reload_layout)
-        reloaded = AutoModel.from_pretrained(dist_dir, dtype=torch.float32, **uneven)
+        reloaded = AutoModel.from_pretrained(dist_dir, dtype=torch.float32, **uneven, **overrides)
         (result["torch_dist_reload_diff"],) = _diffs(reloaded, [], hf_dir, vision)
     return result
 

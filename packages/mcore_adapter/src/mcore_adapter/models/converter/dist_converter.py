@@ -86,8 +86,16 @@ _GROUPED_EXPERT = re.compile(r"^(decoder\.layers\.\d+\.mlp\.experts\.)(linear_fc
 class DistConverter:
     """Sharding of one model's canonical weights for one layout."""
 
-    def __init__(self, mca_kwargs: Mapping[str, Any], layout: ParallelLayout):
+    def __init__(
+        self,
+        mca_kwargs: Mapping[str, Any],
+        layout: ParallelLayout,
+        rule_overrides: Mapping[str, str] | None = None,
+    ):
+        """``rule_overrides`` (layer-relative name -> rule) describe a built model whose modules
+        split a weight otherwise than Transformer Engine's, the layout of the ``torch`` format."""
         self.layout = layout.validate(mca_kwargs)
+        self.rule_overrides = dict(rule_overrides or {})
         self.num_experts = int(mca_kwargs.get("num_moe_experts") or 0)
         self.experts_per_rank = self.num_experts // self.layout.ep if self.num_experts else 0
         # Megatron's two expert modules name their weights differently; the config picks one.
@@ -183,7 +191,8 @@ class DistConverter:
     # ------------------------------------------------------------------ tensor parallelism
     def rule(self, name: str) -> str:
         _, rest = Template.split_mca_name(name)
-        rule = TP_RULES.get(expert_pattern(rest)[0])
+        pattern = expert_pattern(rest)[0]
+        rule = self.rule_overrides.get(pattern) or TP_RULES.get(pattern)
         if rule is None:
             if name.startswith(REPLICATED_PREFIXES):
                 return REPLICATED
