@@ -50,6 +50,8 @@ class McaModelConfig(MLATransformerConfig):
     sliding_window: int | None = None
     hf_config: dict[str, Any] | None = field(default=None, repr=False)
     hf_weight_dtype: str = "float32"
+    # How the HF checkpoint stored its experts ("per_expert" or "fused"): an export writes the same.
+    hf_expert_layout: str = "per_expert"
 
     def __post_init__(self):
         if self.swiglu:
@@ -83,7 +85,11 @@ class McaModelConfig(MLATransformerConfig):
         if overrides.get("pipeline_model_parallel_size", 1) == meta.pp:  # keep the saved uneven split
             for name in _UNEVEN_FIELDS:
                 kwargs[name] = meta.mca_config.get(name)
-        kwargs.update(hf_config=meta.hf_config, hf_weight_dtype=meta.hf_weight_dtype)
+        kwargs.update(
+            hf_config=meta.hf_config,
+            hf_weight_dtype=meta.hf_weight_dtype,
+            hf_expert_layout=meta.hf_expert_layout,
+        )
         return cls(**{**kwargs, **overrides})
 
     @classmethod
@@ -112,6 +118,7 @@ class McaModelConfig(MLATransformerConfig):
             hf_config=self.hf_config,
             checkpoint_format=checkpoint_format,
             hf_weight_dtype=self.hf_weight_dtype,
+            hf_expert_layout=self.hf_expert_layout,
         )
 
     @property

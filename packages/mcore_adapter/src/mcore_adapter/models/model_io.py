@@ -116,7 +116,7 @@ def load_pretrained(models: list, path: str | os.PathLike) -> None:
         for local, tensor in model.local_tensors().items()
     }
     if not is_mca_dir(path):
-        loaded = _load_hf(models[0].config, conv, targets, HFCheckpoint(path), me)
+        loaded = _load_hf(models[0].config, conv, targets, HFCheckpoint(path, unfold_experts=True), me)
     else:
         meta = McaCheckpointMeta.load(path)
         if meta.checkpoint_format == "torch_dist":
@@ -374,6 +374,7 @@ def save_pretrained_as_hf(
                 source.weights,
                 config.torch_hf_weight_dtype,
                 max_shard_bytes=max_shard_bytes,
+                expert_layout=config.hf_expert_layout,
             )
             write_json(tmp / HF_CONFIG_NAME, hf_config)
         else:
@@ -424,6 +425,7 @@ class ModelSource:
         self.mca_kwargs = config.to_mca_kwargs()
         self.hf_config = config.hf_config
         self.hf_weight_dtype = config.hf_weight_dtype
+        self.hf_expert_layout = config.hf_expert_layout
         self.plan = _plan(models, dist_converter(config))
 
     def weights(self, meta: bool = False):

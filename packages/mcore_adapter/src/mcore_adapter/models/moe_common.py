@@ -179,6 +179,18 @@ def expert_layer_ops(
     return [op.only(layers="moe") for op in ops]
 
 
+def fused_experts_table(
+    experts: str = ".mlp.experts", expert_names: Sequence[str] = ("gate_proj", "up_proj", "down_proj")
+) -> dict[str, tuple[str, ...]]:
+    """transformers 5's in-memory expert tensors (``gate_up_proj [E, 2I, H]``, gate rows first;
+    ``down_proj [E, H, I]``) in terms of the per-expert names ``expert_layer_ops`` reads."""
+    gate, up, down = expert_names
+    return {
+        ".mlp.experts.gate_up_proj": (f"{experts}.{{}}.{gate}.weight", f"{experts}.{{}}.{up}.weight"),
+        ".mlp.experts.down_proj": (f"{experts}.{{}}.{down}.weight",),
+    }
+
+
 # ------------------------------------------------------------------ multi-latent attention
 MLA_CONFIG_HF_TO_MCA: dict[str, str] = {
     **{k: v for k, v in DENSE_CONFIG_HF_TO_MCA.items() if k not in ("num_key_value_heads", "head_dim")},

@@ -84,7 +84,7 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
             "rope_type": "yarn",
             "rope_theta": 10000.0,
             "factor": 4.0,
-            "original_max_position_embeddings": 64,
+            "original_max_position_embeddings": 128,  # x factor = max_position_embeddings
             "beta_fast": 32.0,
             "beta_slow": 1.0,
             "mscale": 1.0,

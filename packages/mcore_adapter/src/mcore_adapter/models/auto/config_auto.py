@@ -49,9 +49,12 @@ class AutoConfig:
             return config_class_for(meta.hf_model_type).from_mca_meta(meta, **overrides)
         hf_config = read_json(os.path.join(path, HF_CONFIG_NAME))
         config_class = config_class_for(hf_config.get("model_type"))
+        from ..converter.hf_io import HFCheckpoint
+
+        ckpt = HFCheckpoint(path, unfold_experts=True)
         if "hf_weight_dtype" not in overrides:
             from ..converter.convert import dtype_name
-            from ..converter.hf_io import HFCheckpoint
 
-            overrides["hf_weight_dtype"] = dtype_name(HFCheckpoint(path).dtype())
+            overrides["hf_weight_dtype"] = dtype_name(ckpt.dtype())
+        overrides.setdefault("hf_expert_layout", ckpt.expert_layout)
         return config_class.from_hf_config(hf_config, **overrides)

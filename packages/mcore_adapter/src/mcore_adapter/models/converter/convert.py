@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .atomic import check_output_dir, staged_output_dir
 from .buffers import Scratch
 from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
+from .fused_experts import FUSED, PER_EXPERT
 from .hf_io import (
     HF_CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -124,7 +125,8 @@ class HFSource:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.ckpt = HFCheckpoint(path)
+        self.ckpt = HFCheckpoint(path, unfold_experts=True)
+        self.hf_expert_layout = self.ckpt.expert_layout
         self.template = get_template(self.ckpt.config.get("model_type"))
         self.mca_kwargs = self.template.convert_hf_to_mca_config(self.ckpt.config)
         self.hf_config: dict[str, Any] | None = self.ckpt.config
@@ -171,6 +173,7 @@ class McaTorchSource:
         self.mca_kwargs = meta.mca_config
         self.hf_config = meta.hf_config
         self.hf_weight_dtype = meta.hf_weight_dtype
+        self.hf_expert_layout = meta.hf_expert_layout
         self.op_config = self.template.op_config(self.mca_kwargs)
         self.dist = DistConverter(self.mca_kwargs, meta.layout)
         layout = self.dist.layout
@@ -397,8 +400,10 @@ def write_hf(
     dtype: torch.dtype,
     progress: bool = False,
     max_shard_bytes: int | None = None,
+    expert_layout: str = PER_EXPERT,
 ) -> ConversionReport:
-    """Write canonical weights (``weights(meta)`` gives them, twice) as HF safetensors."""
+    """Write canonical weights (``weights(meta)`` gives them, twice) as HF safetensors, the
+    experts in ``expert_layout`` (per-expert tensors, or transformers' fused ones)."""
     op_config = template.op_config(mca_kwargs)
     plan: dict[str, tuple[torch.Size, torch.dtype]] = {}
     mapper = template.mapper(op_config, to_mca=False)
@@ -406,7 +411,9 @@ def write_hf(
         for hf_name, hf_tensor in mapper.push(name, tensor):
             plan[hf_name] = (hf_tensor.shape, dtype)
     mapper.finish()
-    extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
+    extra: dict[str, Any] = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
+    if expert_layout == FUSED:
+        plan, extra["parts"] = template.fused_experts().fused_plan(plan)
     writer = SafetensorsWriter(tmp, plan, **extra)
     if progress:
         files = len(set(writer.weight_map.values()))
@@ -446,6 +453,7 @@ def save_mca_torch(
             hf_config=source.hf_config,
             checkpoint_format="torch",
             hf_weight_dtype=source.hf_weight_dtype,
+            hf_expert_layout=source.hf_expert_layout,
         ).save(tmp)
         if side_files_from is not None:
             copy_side_files(side_files_from, tmp)
@@ -506,6 +514,7 @@ def convert_mca_to_hf(
             out_dtype,
             progress,
             max_shard_bytes,
+            source.hf_expert_layout,
         )
         write_json(tmp / HF_CONFIG_NAME, hf_config)
         copy_side_files(src, tmp)

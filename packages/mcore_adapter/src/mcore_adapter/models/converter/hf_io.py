@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from .buffers import Scratch
 from .errors import CheckpointError
+from .fused_experts import FUSED, PER_EXPERT, Part
 
 HF_CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -39,14 +40,45 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class HFCheckpoint:
-    """An HF model directory, read lazily: tensors are loaded one at a time, file by file."""
+    """An HF model directory, read lazily: tensors are loaded one at a time, file by file.
 
-    def __init__(self, path: str | os.PathLike):
+    With ``unfold_experts`` a mixture-of-experts checkpoint saved with transformers' fused
+    in-memory expert tensors reads as the hub's per-expert tensors (the names templates
+    convert), each expert read alone (see ``fused_experts``); ``expert_layout`` says which
+    layout the files have."""
+
+    def __init__(self, path: str | os.PathLike, unfold_experts: bool = False):
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path} is not a directory")
         self.config = read_json(self.path / HF_CONFIG_NAME)
         self.weight_map = self._weight_map()
+        self.parts: dict[str, Part] = {}
+        self.expert_layout = PER_EXPERT
+        if unfold_experts:
+            self._unfold_experts()
+
+    def _unfold_experts(self) -> None:
+        from .template import get_template
+
+        fused = get_template(self.config.get("model_type")).fused_experts()
+        if not fused:
+            return
+        weight_map: dict[str, str] = {}
+        for name, filename in self.weight_map.items():
+            parts = None
+            if fused.holds(name):  # its shape (the header) says how many experts
+                with self._open(filename) as f:
+                    shape = f.get_slice(name).get_shape()
+                parts = fused.unfold(name, shape)
+            if parts is None:
+                weight_map[name] = filename
+                continue
+            for virtual, part in parts.items():
+                weight_map[virtual] = filename
+                self.parts[virtual] = part
+        if self.parts:
+            self.weight_map, self.expert_layout = weight_map, FUSED
 
     def _weight_map(self) -> dict[str, str]:
         index = self.path / SAFE_WEIGHTS_INDEX_NAME
@@ -105,7 +137,7 @@ class HFCheckpoint:
             with self._open(filename) as f:
                 present = set(f.keys())
             for name in file_names:
-                if name not in present:
+                if name not in present and name not in self.parts:
                     raise CheckpointError(
                         f"the index maps {name!r} to {filename}, which does not hold it; "
                         "the checkpoint is incomplete"
@@ -115,6 +147,9 @@ class HFCheckpoint:
                 # would hold up to the shard's size (5 GB on the hub) in memory.
                 with self._open(filename) as f:
                     try:
+                        if name in self.parts:
+                            yield name, self._read_part(f, self.parts[name], meta)
+                            continue
                         if meta:
                             info = f.get_slice(name)
                             dtype = _SAFETENSORS_DTYPES[info.get_dtype()]
@@ -124,6 +159,16 @@ class HFCheckpoint:
                     except Exception as e:
                         raise CheckpointError(f"cannot read {name!r} from {self.path / filename}: {e}") from e
                 yield name, tensor
+
+    @staticmethod
+    def _read_part(f, part: Part, meta: bool) -> torch.Tensor:
+        """One expert's tensor, read alone from its fused tensor (a contiguous block)."""
+        info = f.get_slice(part.fused)
+        if meta:
+            return torch.empty(part.shape, dtype=_SAFETENSORS_DTYPES[info.get_dtype()], device="meta")
+        if part.expert is None:
+            return f.get_tensor(part.fused)
+        return info[part.expert, part.rows].contiguous()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self.tensors(meta=True))
@@ -171,8 +216,11 @@ class SafetensorsWriter:
         path: str | os.PathLike,
         plan: Mapping[str, tuple[Sequence[int], torch.dtype]],
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        parts: Mapping[str, Part] | None = None,
     ):
+        """``parts`` names tensors that are written into a planned (fused) tensor, in place."""
         self.path = Path(path)
+        self.parts = dict(parts or {})
         shards: list[dict[str, tuple[Sequence[int], torch.dtype]]] = [{}]
         size = 0
         for name, (shape, dtype) in plan.items():
@@ -216,16 +264,24 @@ class SafetensorsWriter:
                     self._slots[name] = (index, start + entry["data_offsets"][0], shape, dtype)
                     self.weight_map[name] = filename
             self.total_bytes += offset
-        self._pending = set(self._slots)
+        fused = {part.fused for part in self.parts.values()}
+        self._pending = (set(self._slots) - fused) | set(self.parts)
         self._scratch = Scratch()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write one planned tensor, cast to its planned dtype (a view of any strides will do)."""
-        if name not in self._slots:
+        """Write one planned tensor, cast to its planned dtype (a view of any strides will do);
+        a part of a fused tensor goes to its place in it."""
+        if name not in self._slots and name not in self.parts:
             raise ValueError(f"tensor {name!r} is not in the planned output")
         if name not in self._pending:
             raise ValueError(f"tensor {name!r} written twice")
-        index, offset, shape, dtype = self._slots[name]
+        if name in self.parts:
+            part = self.parts[name]
+            index, offset, fused_shape, dtype = self._slots[part.fused]
+            offset += part.element_offset(fused_shape) * dtype.itemsize
+            shape = part.shape
+        else:
+            index, offset, shape, dtype = self._slots[name]
         if tuple(tensor.shape) != shape or tensor.dtype.is_floating_point != dtype.is_floating_point:
             raise ValueError(
                 f"tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned as {shape} {dtype}"

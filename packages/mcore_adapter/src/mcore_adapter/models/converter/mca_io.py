@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .buffers import Scratch
+from .fused_experts import PER_EXPERT
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
 from .template import ARCH_FIELDS, ConversionError, as_json, get_template
@@ -44,6 +45,7 @@ _OWN_KEYS = (
     "hf_config",
     "checkpoint_format",
     "hf_weight_dtype",
+    "hf_expert_layout",
 )
 
 
@@ -101,6 +103,7 @@ class McaCheckpointMeta:
     hf_config: dict[str, Any] | None
     checkpoint_format: str
     hf_weight_dtype: str = "float32"
+    hf_expert_layout: str = PER_EXPERT  # the HF checkpoint's expert tensors (see fused_experts)
     extra: dict[str, Any] = field(default_factory=dict)
     hf_config_error: str | None = field(default=None, compare=False)
 
@@ -136,6 +139,7 @@ class McaCheckpointMeta:
                 "hf_model_type": self.hf_model_type,
                 "checkpoint_format": self.checkpoint_format,
                 "hf_weight_dtype": self.hf_weight_dtype,
+                "hf_expert_layout": self.hf_expert_layout,
                 "mca_config": self.mca_config,
                 "hf_config": self.hf_config,
                 **self.extra,
@@ -187,6 +191,7 @@ class McaCheckpointMeta:
             hf_config=data.get("hf_config"),
             checkpoint_format=data["checkpoint_format"],
             hf_weight_dtype=data.get("hf_weight_dtype", "float32"),
+            hf_expert_layout=data.get("hf_expert_layout", PER_EXPERT),
             extra={k: v for k, v in data.items() if k not in _OWN_KEYS},
         )
 

@@ -226,6 +226,9 @@ class Template:
     hf_config_defaults: dict[str, Any] = field(default_factory=dict)
     hf_architecture: str | None = None
     config_derived: dict[str, DerivedField] = field(default_factory=dict)
+    # transformers' fused in-memory expert tensors -> the per-expert names stacked in them (see
+    # fused_experts); checkpoints saved from memory carry these names.
+    hf_fused_experts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.hf_layer_prefix.endswith("."):
@@ -407,6 +410,11 @@ class Template:
         return out
 
     # ------------------------------------------------------------------ weights
+    def fused_experts(self):
+        from .fused_experts import FusedExperts
+
+        return FusedExperts(self.hf_fused_experts, self.hf_layer_prefix)
+
     def active_ops(self, config: Any) -> list[ConverOp]:
         """The ops that convert a model with this Megatron config (``None``: every op)."""
         if config is None:
@@ -671,6 +679,7 @@ def register_template(
     hf_config_defaults: dict[str, Any] | None = None,
     hf_architecture: str | None = None,
     config_derived: dict[str, DerivedField] | None = None,
+    hf_fused_experts: dict[str, Sequence[str]] | None = None,
     template_class: type[Template] = Template,
     overwrite: bool = False,
 ) -> Template:
@@ -695,6 +704,7 @@ def register_template(
         hf_config_defaults=dict(hf_config_defaults or {}),
         hf_architecture=hf_architecture,
         config_derived=dict(config_derived or {}),
+        hf_fused_experts={k: tuple(v) for k, v in (hf_fused_experts or {}).items()},
     )
     _TEMPLATES[hf_model_type] = template
     return template

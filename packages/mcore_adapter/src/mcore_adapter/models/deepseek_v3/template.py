@@ -16,6 +16,7 @@ from ..moe_common import (
     MLATemplate,
     dense_mlp_ops,
     expert_layer_ops,
+    fused_experts_table,
     mla_attention_ops,
 )
 
@@ -34,6 +35,7 @@ register_template(
         ),
     ],
     hf_layer_prefix="model.layers.",
+    hf_fused_experts=fused_experts_table(),
     constant_mca_config={
         **DENSE_CONSTANT_MCA_CONFIG,
         **MOE_CONSTANT_MCA_CONFIG,

@@ -20,6 +20,7 @@ from ..moe_common import (
     SIGMOID_ROUTING_HF_TO_MCA,
     dense_mlp_ops,
     expert_layer_ops,
+    fused_experts_table,
 )
 
 register_template(
@@ -44,6 +45,7 @@ register_template(
         ),
     ],
     hf_layer_prefix="model.layers.",
+    hf_fused_experts=fused_experts_table(),
     constant_mca_config={
         **{k: v for k, v in DENSE_CONSTANT_MCA_CONFIG.items() if k != "rotary_percent"},
         **MOE_CONSTANT_MCA_CONFIG,

@@ -10,8 +10,8 @@ from ..common import (
     attention_ops,
     global_ops,
 )
-from ..converter.template import register_template
-from ..moe_common import MOE_CONSTANT_MCA_CONFIG, expert_layer_ops
+from ..converter.template import DerivedField, register_template
+from ..moe_common import MOE_CONSTANT_MCA_CONFIG, expert_layer_ops, fused_experts_table
 
 register_template(
     "mixtral",
@@ -31,6 +31,11 @@ register_template(
         ),
     ],
     hf_layer_prefix="model.layers.",
+    # In memory transformers names the block `mlp` (router `mlp.gate`), the hub `block_sparse_moe`.
+    hf_fused_experts={
+        **fused_experts_table(".block_sparse_moe.experts", ("w1", "w3", "w2")),
+        ".mlp.gate.weight": (".block_sparse_moe.gate.weight",),
+    },
     constant_mca_config={
         **DENSE_CONSTANT_MCA_CONFIG,
         **MOE_CONSTANT_MCA_CONFIG,
@@ -40,4 +45,6 @@ register_template(
     # Router jitter is training-time noise transformers adds; Megatron's moe_input_jitter_eps differs.
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "router_jitter_noise": 0.0},
     hf_architecture="MixtralForCausalLM",
+    # Mixtral's experts are as wide as a dense MLP would be: intermediate_size.
+    config_derived={"moe_ffn_hidden_size": DerivedField(("intermediate_size",), int, lambda size, mca: {})},
 )

@@ -17,6 +17,7 @@ from ..moe_common import (
     QWEN_MOE_LAYER_FREQ,
     dense_mlp_ops,
     expert_layer_ops,
+    fused_experts_table,
 )
 
 register_template(
@@ -40,6 +41,7 @@ register_template(
         ),
     ],
     hf_layer_prefix="model.layers.",
+    hf_fused_experts=fused_experts_table(),
     constant_mca_config={
         **DENSE_CONSTANT_MCA_CONFIG,
         **MOE_CONSTANT_MCA_CONFIG,

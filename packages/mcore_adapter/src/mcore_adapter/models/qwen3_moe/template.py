@@ -16,6 +16,7 @@ from ..moe_common import (
     QWEN_MOE_LAYER_FREQ,
     dense_mlp_ops,
     expert_layer_ops,
+    fused_experts_table,
 )
 
 register_template(
@@ -32,6 +33,7 @@ register_template(
         *expert_layer_ops(router=".mlp.gate.weight", experts=".mlp.experts"),
     ],
     hf_layer_prefix="model.layers.",
+    hf_fused_experts=fused_experts_table(),
     constant_mca_config={**DENSE_CONSTANT_MCA_CONFIG, **MOE_CONSTANT_MCA_CONFIG, "qk_layernorm": True},
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "attention_bias": False, "use_sliding_window": False},
