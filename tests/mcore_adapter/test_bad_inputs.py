@@ -36,6 +36,7 @@ DOWN = "model.layers.0.mlp.down_proj.weight"
 O_PROJ = "model.layers.1.self_attn.o_proj.weight"
 NORM = "model.norm.weight"
 UP = "model.layers.1.mlp.up_proj.weight"
+GATE_UP = "model.layers.0.mlp.experts.gate_up_proj"
 INDEX = "model.safetensors.index.json"
 
 
@@ -43,6 +44,7 @@ INDEX = "model.safetensors.index.json"
 class Case:
     tmp: Path
     tiny: Path  # the cached tiny llama checkpoint: read, never written
+    checkpoint: Callable[..., Path]  # the tiny_checkpoint fixture, for other model types
 
     @property
     def src(self) -> Path:
@@ -55,6 +57,16 @@ Step = Callable[[Case], None]
 # ---------------------------------------------------------------------- sources
 def _hf(case: Case) -> None:
     shutil.copytree(case.tiny, case.src)
+
+
+def _hf_of(model_type: str) -> Step:
+    return lambda case: shutil.copytree(case.checkpoint(model_type), case.src)
+
+
+def _fused_of(model_type: str) -> Step:
+    from mcore_adapter.testing import save_with_fused_experts
+
+    return lambda case: save_with_fused_experts(case.checkpoint(model_type), case.src)
 
 
 def _mca(case: Case) -> None:
@@ -289,7 +301,66 @@ ROWS = [
         "--tp",
         "layout-free",
     ),
-    _row("ep-without-experts", [_hf], ["convert", SRC, DST, "--ep", "2"], "expert parallelism"),
+    _row(
+        "ep-without-experts",
+        [_hf],
+        ["convert", SRC, DST, "--ep", "2"],
+        r"expert parallelism \(ep=2",
+        "this llama has no experts",
+        "drop --ep",
+    ),
+    _row(
+        "ep-not-dividing-experts",
+        [_hf_of("qwen3_moe")],
+        ["convert", SRC, DST, "--ep", "3"],
+        "num_moe_experts=4 is not divisible by ep=3",
+        r"\[1, 2, 4\]",
+    ),
+    _row(
+        "etp-above-tp",
+        [_hf_of("qwen3_moe")],
+        ["convert", SRC, DST, "--etp", "2"],
+        "tp=1, etp=2",
+        "choose etp dividing tp",
+    ),
+    _row(
+        "missing-expert",
+        [_hf_of("qwen3_moe"), _drop("model.layers.1.mlp.experts.3.up_proj.weight")],
+        ["convert", SRC, DST, "--ep", "2"],
+        r"model\.layers\.1\.mlp\.experts\.3\.up_proj\.weight",
+    ),
+    _row(
+        "fused-experts-wrong-shape",
+        [_fused_of("qwen3_moe"), _replace(GATE_UP, lambda t: t[:, :, :60].clone())],
+        ["convert", SRC, DST],
+        re.escape(f"{GATE_UP} (fused experts)"),
+        re.escape("(32, 60), the config implies (32, 64)"),
+    ),
+    _row(
+        "fused-experts-one-short",
+        [_fused_of("qwen3_moe"), _replace(GATE_UP, lambda t: t[:3].clone())],
+        ["convert", SRC, DST],
+        "incomplete",
+        r"decoder\.layers\.0\.mlp\.experts\.local_experts\.3\.linear_fc1\.weight",
+        "num_moe_experts=4",
+    ),
+    _row(
+        "routing-megatron-cannot-express",
+        [_hf_of("deepseek_v3"), _edit_json("config.json", lambda c: c.update(norm_topk_prob=False))],
+        ["convert", SRC, DST],
+        "norm_topk_prob=True",
+        "norm_topk_prob=False",
+    ),
+    _row(
+        "group-routing-megatron-cannot-express",
+        [_hf_of("deepseek_v3"), _edit_json("config.json", lambda c: c.update(topk_group=2))],
+        ["convert", SRC, DST],
+        "top-2 experts",
+        "num_experts_per_tok // topk_group = 1",
+    ),
+    _row(
+        "verify-ep-not-dividing", [_hf_of("glm4_moe")], ["verify", SRC, "--ep", "3"], "not divisible by ep=3"
+    ),
     _row(
         "hf-config-with-hf-source",
         [_hf, _write_json("hf_config.json", {"model_type": "llama"})],
@@ -417,7 +488,7 @@ def _no_ranks(*args, **kwargs):
 def test_bad_input_is_one_error_line_and_changes_nothing(
     steps, argv, facts, tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
-    case = Case(tmp_path, tiny_checkpoint("llama"))
+    case = Case(tmp_path, tiny_checkpoint("llama"), tiny_checkpoint)
     for step in steps:
         step(case)
     monkeypatch.setitem(sys.modules, "mcore_adapter.verify", types.SimpleNamespace(verify=_no_ranks))

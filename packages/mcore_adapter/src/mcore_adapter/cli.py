@@ -98,6 +98,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     hf_config = read_json(Path(args.hf_config)) if args.hf_config else None
     src_format = McaCheckpointMeta.load(src, hf_config).checkpoint_format if kind == "mca" else "hf"
     to_mca = src_format == "hf" or bool(layout_flags) or args.format is not None
+    to_mca = to_mca or args.moe_grouped_gemm is not None
     out_format = (args.format or "torch") if to_mca else "hf"
     kw = {"dtype": args.dtype, "force": args.force}
     if src_format != "torch_dist" and out_format != "torch_dist":  # offline, torch + safetensors only
@@ -105,9 +106,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if out_format == "hf":
             convert.convert_mca_to_hf(src, dst, hf_config=hf_config, **kw)
         elif src_format == "hf":
-            convert.convert_hf_to_mca(src, dst, layout, **kw)
+            convert.convert_hf_to_mca(src, dst, layout, moe_grouped_gemm=args.moe_grouped_gemm, **kw)
         else:
-            convert.reshard_mca(src, dst, layout, hf_config=hf_config, **kw)
+            convert.reshard_mca(
+                src, dst, layout, hf_config=hf_config, moe_grouped_gemm=args.moe_grouped_gemm, **kw
+            )
     else:  # torch_dist is megatron-core's dist_checkpointing: read and written by a built model
         _convert_through_model(src, dst, out_format, layout, args, hf_config)
     where = f" ({layout.describe()})" if out_format == "torch" else ""
@@ -322,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         "config cannot be rebuilt from its Megatron config alone (checked against it)",
     )
     _add_layout_args(convert, "the layout of the MCA output (with an MCA source: reshard to it)")
+    convert.add_argument(
+        "--moe-grouped-gemm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="'torch' output of a model with experts: name the experts as Megatron's grouped GEMM "
+        "(experts.linear_fc1.weight<i>) or, with --no-moe-grouped-gemm, as its SequentialMLP "
+        "(experts.local_experts.<i>.linear_fc1.weight; the default for HF sources). Both are read",
+    )
     convert.add_argument(
         "--force",
         action="store_true",

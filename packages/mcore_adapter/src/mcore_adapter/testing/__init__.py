@@ -6,6 +6,7 @@ from .tiny_models import (
     TINY_VL_MODELS,
     VL_TOKENS,
     make_tiny_hf_checkpoint,
+    save_with_fused_experts,
     tiny_hf_config,
     vl_prompt,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "TINY_VL_MODELS",
     "VL_TOKENS",
     "make_tiny_hf_checkpoint",
+    "save_with_fused_experts",
     "tiny_hf_config",
     "vl_prompt",
 ]

@@ -218,3 +218,21 @@ def vl_prompt(*parts: int | tuple[str, tuple[int, int, int]], spatial_merge_size
         ids += [VL_TOKENS["vision_start_token_id"], *[placeholder] * (t * h * w // spatial_merge_size**2)]
         ids.append(VL_TOKENS["vision_end_token_id"])
     return ids
+
+
+def save_with_fused_experts(hf_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """The checkpoint at ``hf_dir`` re-saved under transformers' in-memory names (fused expert
+    tensors ``mlp.experts.gate_up_proj`` / ``down_proj``), as checkpoints written from a model's
+    state dict are; transformers loads either layout."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype="auto")
+    path = Path(path)
+    path.mkdir(parents=True)
+    shutil.copyfile(Path(hf_dir) / "config.json", path / "config.json")
+    tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return path

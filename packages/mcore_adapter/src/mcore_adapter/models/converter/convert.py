@@ -106,7 +106,7 @@ def check_complete(template: Template, op_config, produced: set[str], problems: 
 
 def _config_hint(kwargs: dict[str, Any], where: str, fix: str = "") -> str:
     fields = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")
-    fields += ("kv_channels", "vocab_size")
+    fields += ("kv_channels", "vocab_size", "num_moe_experts", "moe_ffn_hidden_size")
     stated = ", ".join(f"{f}={kwargs[f]}" for f in fields if kwargs.get(f) is not None)
     return (
         f"the expected shapes follow from {where} ({stated}); fix the tensors below or the config "
@@ -146,10 +146,19 @@ class HFSource:
         problems = Problems()
         shapes = ShapeCheck(self.template, self.mca_kwargs)
         mapper = self.template.mapper(self.op_config, to_mca=True, problems=problems)
+        fused_reported: set[str] = set()
         for name, tensor in self.ckpt.tensors(meta=True):
             expected = shapes.hf_shape(name)
             if expected is not None and tuple(tensor.shape) != expected:
-                problems.add(f"{name}: {describe(expected, tuple(tensor.shape))}")
+                part = self.ckpt.parts.get(name)
+                if part is None:
+                    problems.add(f"{name}: {describe(expected, tuple(tensor.shape))}")
+                elif part.fused not in fused_reported:  # once per fused tensor, under its own name
+                    fused_reported.add(part.fused)
+                    problems.add(
+                        f"{part.fused} (fused experts): each expert's {name.rsplit('.', 2)[-2]} block is "
+                        f"{tuple(tensor.shape)}, the config implies {expected}"
+                    )
                 tensor = torch.empty(expected, dtype=tensor.dtype, device="meta")
             yield from mapper.push(name, tensor)
         self.report = mapper.finish()
@@ -356,11 +365,20 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def write_mca_torch(
-    tmp: Path, source: Source, layout: ParallelLayout, dtype: torch.dtype | None, progress: bool, desc: str
+    tmp: Path,
+    source: Source,
+    layout: ParallelLayout,
+    dtype: torch.dtype | None,
+    progress: bool,
+    desc: str,
+    moe_grouped_gemm: bool | None = None,
 ) -> dict[str, Any]:
     """Write ``source`` as the ``torch`` rank files of ``layout`` into ``tmp``; returns the
-    mca_config kwargs of the result."""
+    mca_config kwargs of the result. Experts are named for grouped GEMM (``moe_grouped_gemm``)
+    or for Megatron's SequentialMLP; ``None`` keeps the source's choice."""
     kwargs = {**source.mca_kwargs, **layout.to_kwargs(), "padded_vocab_size": None}  # padding follows tp
+    if moe_grouped_gemm is not None and kwargs.get("num_moe_experts"):
+        kwargs["moe_grouped_gemm"] = moe_grouped_gemm
     dist = DistConverter(kwargs, layout)
     layout = dist.layout
     kwargs.update(vocab_size=dist.vocab_size, padded_vocab_size=dist.padded_vocab_size)
@@ -442,11 +460,14 @@ def save_mca_torch(
     progress: bool = True,
     side_files_from: str | os.PathLike | None = None,
     desc: str = "-> MCA",
+    moe_grouped_gemm: bool | None = None,
 ) -> None:
     """Write any source as an MCA directory in ``torch`` format, all ranks of ``layout``."""
     sources = [] if side_files_from is None else [side_files_from]
     with staged_output_dir(dst, force, sources) as tmp:
-        kwargs = write_mca_torch(tmp, source, layout or ParallelLayout(), parse_dtype(dtype), progress, desc)
+        kwargs = write_mca_torch(
+            tmp, source, layout or ParallelLayout(), parse_dtype(dtype), progress, desc, moe_grouped_gemm
+        )
         McaCheckpointMeta(
             hf_model_type=source.template.hf_model_type,
             mca_config=kwargs,
@@ -466,11 +487,15 @@ def convert_hf_to_mca(
     dtype: str | torch.dtype | None = None,
     force: bool = False,
     progress: bool = True,
+    moe_grouped_gemm: bool | None = None,
 ) -> ConversionReport:
-    """Convert an HF directory to an MCA directory in ``torch`` format, all ranks of ``layout``."""
+    """Convert an HF directory to an MCA directory in ``torch`` format, all ranks of ``layout``
+    (experts named for grouped GEMM with ``moe_grouped_gemm``)."""
     check_output_dir(dst, force, [src])
     source = HFSource(src)
-    save_mca_torch(source, dst, layout, dtype, force, progress, side_files_from=src, desc="HF -> MCA")
+    save_mca_torch(
+        source, dst, layout, dtype, force, progress, src, "HF -> MCA", moe_grouped_gemm=moe_grouped_gemm
+    )
     return source.report
 
 
@@ -482,11 +507,14 @@ def reshard_mca(
     force: bool = False,
     progress: bool = True,
     hf_config: dict[str, Any] | None = None,
+    moe_grouped_gemm: bool | None = None,
 ) -> None:
     """Rewrite an MCA ``torch`` checkpoint for another layout, without going through HF."""
     check_output_dir(dst, force, [src])
     source = McaTorchSource(src, hf_config)
-    save_mca_torch(source, dst, layout, dtype, force, progress, side_files_from=src, desc="MCA -> MCA")
+    save_mca_torch(
+        source, dst, layout, dtype, force, progress, src, "MCA -> MCA", moe_grouped_gemm=moe_grouped_gemm
+    )
 
 
 def convert_mca_to_hf(
