@@ -20,7 +20,9 @@ from .converter.mca_io import McaCheckpointMeta
 from .converter.template import ARCH_FIELDS, get_template
 
 _UNEVEN_FIELDS = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
-_PARALLEL_FIELDS = (*LAYOUT_FIELDS, "sequence_parallel")
+# How a model runs, not what it is: a checkpoint records them, a model takes the job's. (Grouped
+# GEMM only renames the experts' weights; it needs its kernel, which a CPU machine lacks.)
+_PARALLEL_FIELDS = (*LAYOUT_FIELDS, "sequence_parallel", "moe_grouped_gemm")
 
 
 @dataclass
