@@ -1,9 +1,10 @@
-"""Render the README's support matrix (model type x parallel layout) from the test results.
+"""Render the README's support matrices (model type x parallel layout) from the test results.
 
 The parity tests record every case they ran in build/test-results/layouts.json (see
 tests/conftest.py ``record_layout``); this script turns that file into the table between the
-README's ``support-matrix`` markers, so the matrix says what the tests measured and nothing
-else. Run the tests first (``uv run pytest``), then::
+README's ``support-matrix`` markers (dense models) and ``moe-matrix`` markers (mixture of
+experts: layouts with expert parallelism, each cell naming the token dispatchers it ran with),
+so the matrices say what the tests measured and nothing else. Run the tests first (``uv run pytest``), then::
 
     uv run python tools/support_matrix.py          # rewrite README.md
     uv run python tools/support_matrix.py --check  # exit 1 if README.md is out of date
@@ -19,9 +20,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "build" / "test-results" / "layouts.json"
 README = ROOT / "README.md"
-BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
+MARKERS = {
+    "dense": ("<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"),
+    "moe": ("<!-- moe-matrix:begin -->", "<!-- moe-matrix:end -->"),
+}
 # Column order; layouts the tests did not run for any model are left out.
 LAYOUTS = ["TP1", "TP2", "PP2", "VPP2", "TP2xPP2", "TP4", "PP4", "TP2xPP2 uneven", "TP2xPP2xVPP2"]
+MOE_LAYOUTS = ["TP1", "TP2", "EP2", "TP2xEP2", "TP2xEP2 ETP1", "TP2 ETP1", "PP2", "PP2xEP2", "TP2xPP2"]
+DISPATCHERS = {"allgather": "ag", "alltoall": "a2a"}
+# The families with experts (their TP1 rows come from the single-process tests, allgather).
+MOE_TYPES = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe")
+
+
+def split_layout(result: dict) -> tuple[str, str, str]:
+    """(model_type with its variant, layout, dispatcher) of a recorded MoE case: its layout
+    reads "EP2 alltoall" or "EP2 alltoall (q_lora_rank=None)"."""
+    layout, _, variant = result["layout"].partition(" (")
+    words = layout.split()
+    dispatcher = words.pop() if words and words[-1] in DISPATCHERS else "allgather"
+    name = result["model_type"] + (f" ({variant.rstrip(')')})" if variant else "")
+    return name, " ".join(words), dispatcher
 
 
 def cell(cases: list[dict]) -> str:
@@ -35,7 +53,31 @@ def cell(cases: list[dict]) -> str:
     return f"{mark} {worst:.1e}" if worst else f"{mark} 0"
 
 
+def render_moe(results: dict[str, dict]) -> str:
+    cases = [(*split_layout(r), r) for r in results.values() if r["model_type"] in MOE_TYPES]
+    unknown = sorted({layout for _, layout, _, _ in cases} - set(MOE_LAYOUTS))
+    if unknown:
+        raise SystemExit(f"results hold MoE layouts this script does not order: {unknown}; add them")
+    layouts = [name for name in MOE_LAYOUTS if any(layout == name for _, layout, _, _ in cases)]
+    lines = ["| model_type | " + " | ".join(layouts) + " |", "| --- |" + " --- |" * len(layouts)]
+    for model_type in sorted({name for name, _, _, _ in cases}):
+        cells = []
+        for layout in layouts:
+            here = [(d, r) for name, lay, d, r in cases if name == model_type and lay == layout]
+            if not here:
+                cells.append("-")
+            elif not all(r["passed"] for _, r in here):
+                cells.append("✗ fails")
+            else:
+                worst = max(r["max_abs_diff"] for _, r in here)
+                used = ", ".join(DISPATCHERS[d] for d in DISPATCHERS if d in {d for d, _ in here})
+                cells.append(f"✓ {worst:.1e} ({used})")
+        lines.append(f"| `{model_type}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(results: dict[str, dict]) -> str:
+    results = {k: r for k, r in results.items() if r["model_type"] not in MOE_TYPES}
     types = sorted({r["model_type"] for r in results.values()})
     layouts = [name for name in LAYOUTS if any(r["layout"] == name for r in results.values())]
     unknown = sorted({r["layout"] for r in results.values()} - set(LAYOUTS))
@@ -61,14 +103,18 @@ def main() -> int:
     if not RESULTS.exists():
         print(f"{RESULTS} does not exist: run the tests first (uv run pytest)", file=sys.stderr)
         return 2
-    table = render(json.loads(RESULTS.read_text()))
+    results = json.loads(RESULTS.read_text())
+    tables = {"dense": render(results), "moe": render_moe(results)}
     text = README.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"README.md lacks the markers {BEGIN} / {END}", file=sys.stderr)
-        return 2
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    updated = f"{head}{BEGIN}\n{table}\n{END}{tail}"
+    updated = text
+    for kind, (begin, end) in MARKERS.items():
+        if begin not in updated or end not in updated:
+            print(f"README.md lacks the markers {begin} / {end}", file=sys.stderr)
+            return 2
+        head, rest = updated.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        updated = f"{head}{begin}\n{tables[kind]}\n{end}{tail}"
+    table = "\n\n".join(tables.values())
     if args.check:
         if updated != text:
             print("README.md's support matrix is out of date: run tools/support_matrix.py", file=sys.stderr)

@@ -79,6 +79,19 @@ def _tokens():
     return random_tokens(128)
 
 
+@pytest.mark.parametrize("model_type", MOE_MODELS)
+def test_alltoall_dispatcher_at_tp1(model_type, megatron, tiny_checkpoint, record_layout):
+    """test_models covers TP1 with the default (allgather) dispatcher; this, alltoall."""
+    from mcore_adapter import AutoModel
+
+    path = tiny_checkpoint(model_type)
+    model = AutoModel.from_pretrained(path, moe_token_dispatcher_type="alltoall")
+    tokens = _tokens()
+    diff = (_logits(model, tokens) - _hf_logits(path, tokens)).abs().max().item()
+    record_layout(model_type, False, "TP1 alltoall", diff, diff <= PARITY_TOL)
+    assert diff <= PARITY_TOL
+
+
 @pytest.mark.parametrize("model_type", ["qwen3_moe", "mixtral"])
 def test_fused_checkpoint_loads_and_exports_in_its_layout(model_type, megatron, tiny_checkpoint, tmp_path):
     from mcore_adapter import AutoModel
