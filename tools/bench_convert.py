@@ -29,7 +29,8 @@ checkpoints fill, a step's time depends on what the steps before it left in the 
 Peak RSS is the step's ``ru_maxrss`` from ``os.wait4``, measured through a small runner process
 (see ``_RUNNER``); the anonymous part (``RssAnon``, sampled from ``/proc``) is printed beside it.
 
-Usage: ``python tools/bench_convert.py [--size-gb 1 4] [--repeat 3] [--baseline REF] [--naive]``.
+Usage: ``python tools/bench_convert.py [--size-gb 1 4] [--repeat 3] [--baseline REF] [--naive]``;
+``--moe [...]`` runs the mixture-of-experts case instead (``tools/bench_moe.py``, its options).
 """
 
 from __future__ import annotations
@@ -583,6 +584,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--moe" in argv:  # the MoE case has its own options
+        from bench_moe import main as moe_main
+
+        return moe_main([a for a in argv if a != "--moe"])
     args = parse_args(argv)
     if args._floor:
         run_floor(*args._floor)

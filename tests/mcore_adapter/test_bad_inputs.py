@@ -37,6 +37,7 @@ O_PROJ = "model.layers.1.self_attn.o_proj.weight"
 NORM = "model.norm.weight"
 UP = "model.layers.1.mlp.up_proj.weight"
 GATE_UP = "model.layers.0.mlp.experts.gate_up_proj"
+MTP_EMBED = "model.layers.2.embed_tokens.weight"  # the tiny DeepSeek-V3's MTP layer
 INDEX = "model.safetensors.index.json"
 
 
@@ -61,6 +62,10 @@ def _hf(case: Case) -> None:
 
 def _hf_of(model_type: str) -> Step:
     return lambda case: shutil.copytree(case.checkpoint(model_type), case.src)
+
+
+def _hf_of_mtp(case: Case) -> None:
+    shutil.copytree(case.checkpoint("deepseek_v3", mtp_layers=1), case.src)
 
 
 def _fused_of(model_type: str) -> Step:
@@ -360,6 +365,13 @@ ROWS = [
     ),
     _row(
         "verify-ep-not-dividing", [_hf_of("glm4_moe")], ["verify", SRC, "--ep", "3"], "not divisible by ep=3"
+    ),
+    _row(
+        "mtp-repeat-differs",
+        [_hf_of_mtp, _replace(MTP_EMBED, lambda t: t + 1)],
+        ["convert", SRC, DST],
+        re.escape(f"{MTP_EMBED} repeats model.embed_tokens.weight"),
+        "differs from it",
     ),
     _row(
         "hf-config-with-hf-source",

@@ -178,6 +178,45 @@ def test_parity_check_notices_an_expert_or_routing_mistake(
     assert diff > MOVED, f"the mistake moved the logits by only {diff}"
 
 
+def test_multi_token_prediction_layers(megatron, tiny_checkpoint, tmp_path):
+    """DeepSeek-V3's MTP layer (as the hub stores it, after the decoder layers) converts to
+    Megatron's MTP block: offline round trips bit-exact through EP, PP (the last stage keeps
+    the embedding too) and grouped-GEMM names; a built model keeps the main logits, trains the
+    MTP loss with its weights, and exports and reloads them bit-exactly."""
+    from mcore_adapter import AutoModel
+
+    path = tiny_checkpoint("deepseek_v3", mtp_layers=1)
+    convert_hf_to_mca(path, tmp_path / "ep2", layout=ParallelLayout(ep=2), progress=False)
+    reshard_mca(tmp_path / "ep2", tmp_path / "pp2", ParallelLayout(pp=2), progress=False)
+    last_stage = TorchRankReader(torch_rank_file(tmp_path / "pp2", 0, 1, 2)).chunks["model"]
+    assert {"embedding.word_embeddings.weight", "mtp.layers.0.eh_proj.weight"} <= set(last_stage)
+    reshard_mca(
+        tmp_path / "pp2",
+        tmp_path / "grouped",
+        ParallelLayout(tp=2, ep=2, etp=1),
+        moe_grouped_gemm=True,
+        progress=False,
+    )
+    convert_mca_to_hf(tmp_path / "grouped", tmp_path / "hf", progress=False)
+    assert compare_hf_dirs(path, tmp_path / "hf") == []
+
+    model = AutoModel.from_pretrained(path)
+    assert model.config.mtp_num_layers == 1
+    tokens = _tokens()
+    assert (_logits(model, tokens) - _hf_logits(path, tokens)).abs().max().item() <= PARITY_TOL
+    model.train()
+    loss = model(tokens, labels=tokens).sum()
+    loss.backward()
+    eh_proj = model.mtp.layers[0].eh_proj.weight
+    assert eh_proj.grad is not None and eh_proj.grad.abs().sum() > 0
+    model.save_pretrained_as_hf(tmp_path / "exported")
+    assert compare_hf_dirs(path, tmp_path / "exported") == []
+    model.save_pretrained(tmp_path / "dist")
+    reloaded = AutoModel.from_pretrained(tmp_path / "dist")
+    reloaded.save_pretrained_as_hf(tmp_path / "reloaded")
+    assert compare_hf_dirs(path, tmp_path / "reloaded") == []
+
+
 def test_export_streams_expert_by_expert(megatron, tiny_checkpoint):
     """With the smallest buckets every yielded tensor is one expert's (or a dense weight): the
     export never holds a layer's experts, nor a fused tensor, at once."""

@@ -65,7 +65,7 @@ NAMES = {
 
 # Mixture of experts: (model_type, variant, layout name, token dispatcher, reload layout). A
 # variant is a tiny-model override set (deepseek_v3 without the q low-rank projection).
-MOE_VARIANTS = {"": {}, "q_lora_rank=None": {"q_lora_rank": None}}
+MOE_VARIANTS = {"": {}, "q_lora_rank=None": {"q_lora_rank": None}, "MTP": {"mtp_layers": 1}}
 
 
 def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
@@ -78,6 +78,7 @@ def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
             ("qwen2_moe", "", "TP2xEP2 ETP1", "alltoall", None),
             ("mixtral", "", "TP2 ETP1", "allgather", None),
             ("deepseek_v3", "q_lora_rank=None", "EP2", "alltoall", None),
+            ("deepseek_v3", "MTP", "PP2", "alltoall", EP2),  # MTP on the last stage, with its embedding
         ]
         return specs
     specs = [(t, "", "TP2xEP2", "alltoall", None) for t in MOE_MODELS]
@@ -85,6 +86,7 @@ def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
         ("qwen3_moe", "", "TP2xEP2", "allgather", None),
         ("glm4_moe", "", "PP2xEP2", "alltoall", TP2),
         ("deepseek_v3", "", "TP2xPP2", "allgather", EP2),
+        ("deepseek_v3", "MTP", "TP2xEP2", "alltoall", None),
     ]
     return specs
 

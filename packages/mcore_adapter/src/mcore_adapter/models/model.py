@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
 from megatron.core.transformer.moe.moe_layer import MoELayer
 from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
@@ -100,9 +100,14 @@ class McaGPTModel(GPTModel):
             pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         if post_process is None:
             post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        block_spec = gpt_block_spec(config, vp_stage)
+        mtp_spec = None
+        if config.mtp_num_layers:
+            mtp_spec = get_gpt_mtp_block_spec(config, block_spec, use_transformer_engine(), vp_stage=vp_stage)
         super().__init__(
             config=config,
-            transformer_layer_spec=gpt_block_spec(config, vp_stage),
+            transformer_layer_spec=block_spec,
+            mtp_block_spec=mtp_spec,
             vocab_size=config.padded_vocab_size,
             max_sequence_length=config.max_sequence_length,
             pre_process=pre_process,
@@ -151,24 +156,41 @@ class McaGPTModel(GPTModel):
             attention_mask = platform.causal_attention_mask(seq_len, input_ids.device)
         return super().forward(input_ids, position_ids, attention_mask, **kwargs)
 
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        # megatron-core 0.16.1 runs the multi-token-prediction layers whenever they exist and
+        # then clones `labels`, so a forward without labels (logits: inference, verification)
+        # fails. They predict further tokens only for the training loss and never change the
+        # main logits: without labels, skip them.
+        if labels is not None or not kwargs.get("mtp_in_postprocess"):
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        mtp_num_layers, self.config.mtp_num_layers = self.config.mtp_num_layers, None
+        try:
+            kwargs["mtp_in_postprocess"] = False
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        finally:
+            self.config.mtp_num_layers = mtp_num_layers
+
     # ------------------------------------------------------------------ weights by name
     def local_tensors(self) -> dict[str, torch.Tensor]:
         """This chunk's weights under their Megatron names with chunk-local layer numbers (the
         names of Megatron-LM's per-rank checkpoints); TE ``_extra_state`` entries are skipped."""
         out = {}
-        prefix = "decoder.layers."
+        layers = {f"decoder.layers.{i}.": layer for i, layer in enumerate(self.decoder.layers)}
+        if getattr(self, "mtp", None) is not None:
+            layers |= {
+                f"mtp.layers.{i}.transformer_layer.": m.transformer_layer
+                for i, m in enumerate(self.mtp.layers)
+            }
         for name, tensor in self.state_dict(keep_vars=True).items():
             if name.endswith("_extra_state"):
                 continue
-            if name.startswith(prefix):
-                index, _, rest = name[len(prefix) :].partition(".")
-                layer = self.decoder.layers[int(index)]
-                keys_map = {} if use_transformer_engine() else te_names(layer)
-                for old, new in keys_map.items():
+            prefix = next((p for p in layers if name.startswith(p)), None)
+            if prefix is not None and not use_transformer_engine():
+                rest = name[len(prefix) :]
+                for old, new in te_names(layers[prefix]).items():
                     if rest.startswith(old):
-                        rest = new + rest[len(old) :]
+                        name = prefix + new + rest[len(old) :]
                         break
-                name = f"{prefix}{index}.{rest}"
             out[name] = tensor
         return out
 

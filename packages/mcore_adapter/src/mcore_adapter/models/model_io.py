@@ -21,7 +21,7 @@ from .. import platform
 from ..parallel import is_rank_zero
 from .converter.atomic import check_output_dir, staged_output_dir
 from .converter.convert import HFSource, write_hf
-from .converter.dist_converter import REPLICATED, DistConverter
+from .converter.dist_converter import POST_PROCESS_PREFIXES, REPLICATED, DistConverter
 from .converter.hf_io import HF_CONFIG_NAME, HFCheckpoint, write_json
 from .converter.layout import ParallelLayout, RankFile
 from .converter.mca_io import (
@@ -273,7 +273,9 @@ def _plan(models: list, conv: DistConverter) -> list[tuple[int, str, torch.Size,
         layer, rest = Template.split_mca_name(item[1])
         if layer is not None:
             return 1, layer, expert_pattern(rest)[1] or 0
-        return (2, 0, 0) if item[0] == conv.layout.pp - 1 and item[0] > 0 else (0, 0, 0)
+        if item[1].startswith(POST_PROCESS_PREFIXES):  # the final norm, output layer, MTP layers
+            return 2, 0, expert_pattern(Template.layer_relative(item[1]) or "")[1] or 0
+        return 0, 0, 0
 
     return sorted(entries, key=order)
 

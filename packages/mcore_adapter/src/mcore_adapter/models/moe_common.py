@@ -191,6 +191,30 @@ def fused_experts_table(
     }
 
 
+# ------------------------------------------------------------------ multi-token prediction
+def mtp_ops() -> list[ConverOp]:
+    """DeepSeek-V3's multi-token-prediction layers (the hub's ``model.layers.{L}`` after the L
+    decoder layers; GLM-4.5 names them alike): their own norms and projection. Their
+    transformer layer converts with the decoder layers' ops, as Megatron builds it like the
+    last decoder layer."""
+    return [
+        op.only(layers="mtp")
+        for op in (
+            RenameConverOp(".enorm.weight", ".enorm.weight"),
+            RenameConverOp(".hnorm.weight", ".hnorm.weight"),
+            RenameConverOp(".eh_proj.weight", ".eh_proj.weight"),
+            RenameConverOp(".shared_head.norm.weight", ".final_layernorm.weight"),
+        )
+    ]
+
+
+# The hub repeats the embedding and the output head in each MTP layer; Megatron shares them.
+MTP_SHARED_COPIES = {
+    ".embed_tokens.weight": "model.embed_tokens.weight",
+    ".shared_head.head.weight": "lm_head.weight",
+}
+
+
 # ------------------------------------------------------------------ multi-latent attention
 MLA_CONFIG_HF_TO_MCA: dict[str, str] = {
     **{k: v for k, v in DENSE_CONFIG_HF_TO_MCA.items() if k not in ("num_key_value_heads", "head_dim")},

@@ -9,6 +9,7 @@ than any tolerance.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -183,9 +184,11 @@ def make_tiny_hf_checkpoint(
     seed: int = 0,
     std: float = 0.3,
     dtype: torch.dtype = torch.float32,
+    mtp_layers: int = 0,
     **overrides: Any,
 ) -> Path:
-    """Write a tiny random HF checkpoint (config.json + safetensors) to ``path``."""
+    """Write a tiny random HF checkpoint (config.json + safetensors) to ``path``; with
+    ``mtp_layers``, as the hub has DeepSeek-V3 (``add_mtp_layers``)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = tiny_hf_config(model_type, tie_word_embeddings, **overrides)
@@ -200,7 +203,41 @@ def make_tiny_hf_checkpoint(
             if name in persistent and buffer.is_floating_point():
                 buffer.normal_(0.0, std)
     model.to(dtype).save_pretrained(path)
+    if mtp_layers:
+        add_mtp_layers(path, mtp_layers, seed=seed + 1, std=std)
     return Path(path)
+
+
+def add_mtp_layers(path: str | os.PathLike, count: int, seed: int = 1, std: float = 0.3) -> None:
+    """Append multi-token-prediction layers to a DeepSeek-V3-style checkpoint as the hub stores
+    them (transformers builds none): after the decoder layers, each a decoder layer like the
+    last plus ``enorm``, ``hnorm``, ``eh_proj``, ``shared_head.norm``, and repeats of the
+    embedding and output head (``embed_tokens``, ``shared_head.head``)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    tensors = load_file(path / "model.safetensors")
+    config = json.loads((path / "config.json").read_text())
+    n, hidden = config["num_hidden_layers"], config["hidden_size"]
+    generator = torch.Generator().manual_seed(seed)
+    last = f"model.layers.{n - 1}."
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator).mul_(std).to(tensors["lm_head.weight"].dtype)
+
+    for k in range(n, n + count):
+        for name, t in list(tensors.items()):
+            if name.startswith(last):
+                tensors[f"model.layers.{k}.{name[len(last) :]}"] = rand(*t.shape)
+        tensors |= {
+            f"model.layers.{k}.enorm.weight": rand(hidden),
+            f"model.layers.{k}.hnorm.weight": rand(hidden),
+            f"model.layers.{k}.eh_proj.weight": rand(hidden, 2 * hidden),
+            f"model.layers.{k}.shared_head.norm.weight": rand(hidden),
+            f"model.layers.{k}.shared_head.head.weight": tensors["lm_head.weight"].clone(),
+            f"model.layers.{k}.embed_tokens.weight": tensors["model.embed_tokens.weight"].clone(),
+        }
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
 
 
 def vl_prompt(*parts: int | tuple[str, tuple[int, int, int]], spatial_merge_size: int = 2) -> list[int]:

@@ -57,4 +57,9 @@ class AutoConfig:
 
             overrides["hf_weight_dtype"] = dtype_name(ckpt.dtype())
         overrides.setdefault("hf_expert_layout", ckpt.expert_layout)
+        template = get_template(hf_config.get("model_type"))
+        num_layers = template.convert_hf_to_mca_config(hf_config)["num_layers"]
+        mtp = template.mtp_layers(ckpt.weight_map, num_layers)
+        if mtp:
+            overrides.setdefault("mtp_num_layers", mtp)
         return config_class.from_hf_config(hf_config, **overrides)

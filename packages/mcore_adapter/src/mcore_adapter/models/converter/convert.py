@@ -18,6 +18,7 @@ writing ``torch_dist`` needs a built model and goes through ``AutoModel`` (see t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -119,6 +120,11 @@ def _raise(problems: Problems, path: Path, hint: str) -> None:
         raise ConversionError(problems.message(f"{path} does not match its config", hint))
 
 
+def _digest(tensor: torch.Tensor) -> tuple:
+    data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+    return tuple(tensor.shape), tensor.dtype, hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 # ---------------------------------------------------------------------- sources
 class HFSource:
     """Canonical weights from an HF checkpoint, through its template's ops."""
@@ -129,6 +135,9 @@ class HFSource:
         self.hf_expert_layout = self.ckpt.expert_layout
         self.template = get_template(self.ckpt.config.get("model_type"))
         self.mca_kwargs = self.template.convert_hf_to_mca_config(self.ckpt.config)
+        mtp = self.template.mtp_layers(self.ckpt.weight_map, self.mca_kwargs["num_layers"])
+        if mtp:
+            self.mca_kwargs["mtp_num_layers"] = mtp
         self.hf_config: dict[str, Any] | None = self.ckpt.config
         self.hf_weight_dtype = dtype_name(self.ckpt.dtype())
         self.op_config = self.template.op_config(self.mca_kwargs)
@@ -163,7 +172,26 @@ class HFSource:
             yield from mapper.push(name, tensor)
         self.report = mapper.finish()
         check_complete(self.template, self.op_config, self.report.produced, problems)
+        self._check_mtp_repeats(problems)
         _raise(problems, self.path, _config_hint(self.mca_kwargs, "config.json"))
+
+    def _check_mtp_repeats(self, problems: Problems) -> None:
+        """The dry run compares by value what the MTP layers repeat of the main model (the only
+        tensors it reads): Megatron keeps one, so repeats that differ cannot be converted."""
+        num_layers = self.mca_kwargs["num_layers"]
+        mtp = self.mca_kwargs.get("mtp_num_layers") or 0
+        for local, original in self.template.mtp_shared_copies.items():
+            repeats = [self.template.join_hf_name(num_layers + k, local) for k in range(mtp)]
+            names = [n for n in (original, *repeats) if n in self.ckpt.weight_map]
+            if len(names) < 2 or names[0] != original:
+                continue
+            digests = {name: _digest(tensor) for name, tensor in self.ckpt.tensors(names)}
+            for name in repeats:
+                if name in digests and digests[name] != digests[original]:
+                    problems.add(
+                        f"{name} repeats {original} in a multi-token-prediction layer, which Megatron "
+                        f"shares with the main model, but {original} differs from it; the two cannot be kept apart"
+                    )
 
 
 class McaTorchSource:

@@ -30,7 +30,7 @@ import torch
 from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, RankFile, padded_vocab_size
 from .ops import cat
 from .shapes import expert_pattern
-from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, ConversionError, Template
+from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, MTP_LAYER_PREFIX, ConversionError, Template
 
 COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", "vocab", "replicated"
 
@@ -59,6 +59,11 @@ TP_RULES: dict[str, str] = {
     ".mlp.shared_experts.gate_weight": REPLICATED,
     f"{MCA_EXPERT_PREFIX}linear_fc1.weight": GATED_COLUMN,  # over expert-tensor-parallel ranks
     f"{MCA_EXPERT_PREFIX}linear_fc2.weight": ROW,
+    # A multi-token-prediction layer's own tensors (its transformer layer's are above).
+    ".enorm.weight": REPLICATED,
+    ".hnorm.weight": REPLICATED,
+    ".eh_proj.weight": COLUMN,
+    ".final_layernorm.weight": REPLICATED,
     # Multi-latent attention.
     ".self_attention.linear_q_proj.weight": COLUMN,
     ".self_attention.linear_q_down_proj.weight": REPLICATED,
@@ -71,16 +76,19 @@ TP_RULES: dict[str, str] = {
 # Subtrees a template carries whole (a vision tower), replicated over tensor-parallel ranks.
 REPLICATED_PREFIXES = ("vision_model.",)
 EMBEDDING = "embedding.word_embeddings.weight"
-# Global weights of the last pipeline stage; every other global weight is on the first.
-POST_PROCESS_PREFIXES = ("decoder.final_layernorm.", "output_layer.")
+# Global weights of the last pipeline stage (with the MTP layers, as Megatron places them);
+# every other global weight is on the first.
+POST_PROCESS_PREFIXES = ("decoder.final_layernorm.", "output_layer.", MTP_LAYER_PREFIX)
 
 
-# A canonical expert weight: layer, global expert index, the rest of the name.
-_EXPERT = re.compile(r"^decoder\.layers\.(\d+)\.mlp\.experts\.local_experts\.(\d+)\.(.+)$")
+# A canonical expert weight: its layer (a decoder layer or an MTP layer's transformer layer),
+# global expert index, the rest of the name.
+_LAYER = r"(decoder\.layers\.\d+|mtp\.layers\.\d+\.transformer_layer)"
+_EXPERT = re.compile(rf"^{_LAYER}\.mlp\.experts\.local_experts\.(\d+)\.(.+)$")
 # An expert weight in a rank file: SequentialMLP (local index in the path) or grouped GEMM
 # (TEGroupedMLP: the local index after the parameter name).
-_LOCAL_EXPERT = re.compile(r"^(decoder\.layers\.\d+\.mlp\.experts\.)local_experts\.(\d+)\.(.+)$")
-_GROUPED_EXPERT = re.compile(r"^(decoder\.layers\.\d+\.mlp\.experts\.)(linear_fc[12]\.(?:weight|bias))(\d+)$")
+_LOCAL_EXPERT = re.compile(rf"^{_LAYER}\.mlp\.experts\.local_experts\.(\d+)\.(.+)$")
+_GROUPED_EXPERT = re.compile(rf"^{_LAYER}\.mlp\.experts\.(linear_fc[12]\.(?:weight|bias))(\d+)$")
 
 
 class DistConverter:
@@ -100,6 +108,7 @@ class DistConverter:
         self.experts_per_rank = self.num_experts // self.layout.ep if self.num_experts else 0
         # Megatron's two expert modules name their weights differently; the config picks one.
         self.grouped_gemm = bool(mca_kwargs.get("moe_grouped_gemm"))
+        self.mtp = bool(mca_kwargs.get("mtp_num_layers"))
         self.gated = bool(mca_kwargs.get("swiglu") or mca_kwargs.get("gated_linear_unit"))
         self.tied = bool(mca_kwargs.get("tie_embeddings_and_output_weights"))
         self.vocab_size = int(mca_kwargs.get("vocab_size") or mca_kwargs["padded_vocab_size"])
@@ -122,17 +131,22 @@ class DistConverter:
         layer, rest = Template.split_mca_name(name)
         if layer is not None:
             chunk, local = self.layout.locate(layer)
-            expert = _EXPERT.match(name)
-            if expert:
-                index = int(expert.group(2)) % self.experts_per_rank
-                return [(chunk, self.local_expert_name(local, index, expert.group(3)))]
-            return [(chunk, Template.join_mca_name(local, rest))]
-        if name.startswith(POST_PROCESS_PREFIXES):
-            return [(self.last, name)]
-        out = [(self.first, name)]
-        if name == EMBEDDING and self.tied and self.last.pp_rank != self.first.pp_rank:
-            out.append((self.last, MCA_OUTPUT_LAYER))
-        return out
+            prefix = f"decoder.layers.{local}"
+        elif name.startswith(POST_PROCESS_PREFIXES):
+            chunk, prefix = self.last, None
+        else:
+            out = [(self.first, name)]
+            if name == EMBEDDING and self.last.pp_rank != self.first.pp_rank:
+                if self.tied:
+                    out.append((self.last, MCA_OUTPUT_LAYER))
+                if self.mtp:  # Megatron's MTP stage keeps its own copy of the embedding
+                    out.append((self.last, EMBEDDING))
+            return out
+        expert = _EXPERT.match(name)
+        if expert:
+            index = int(expert.group(2)) % self.experts_per_rank
+            return [(chunk, self.local_expert_name(prefix or expert.group(1), index, expert.group(3)))]
+        return [(chunk, name if prefix is None else f"{prefix}{rest}")]
 
     # ------------------------------------------------------------------ experts
     def expert_owner(self, name: str) -> int | None:
@@ -140,11 +154,12 @@ class DistConverter:
         expert = _EXPERT.match(name)
         return None if expert is None else int(expert.group(2)) // self.experts_per_rank
 
-    def local_expert_name(self, layer: int, index: int, rest: str) -> str:
-        """A rank file's name of local expert ``index`` of chunk-local ``layer``."""
+    def local_expert_name(self, layer: str, index: int, rest: str) -> str:
+        """A rank file's name of local expert ``index`` of a layer (``decoder.layers.{i}`` with
+        the chunk-local ``i``, or an MTP layer's transformer layer)."""
         if self.grouped_gemm:
-            return f"decoder.layers.{layer}.mlp.experts.{rest}{index}"
-        return f"decoder.layers.{layer}.mlp.experts.local_experts.{index}.{rest}"
+            return f"{layer}.mlp.experts.{rest}{index}"
+        return f"{layer}.mlp.experts.local_experts.{index}.{rest}"
 
     def shards(self, name: str, tensor: torch.Tensor) -> list[tuple[RankFile, Chunk, str, torch.Tensor]]:
         """Every (rank file, chunk, chunk-local name, slice) of a canonical weight."""
@@ -171,9 +186,8 @@ class DistConverter:
                         f"{self.num_experts} experts over ep={self.layout.ep} each rank holds "
                         f"{self.experts_per_rank}"
                     )
-                local_layer = match.group(1).split(".")[2]
                 global_index = ep_rank * self.experts_per_rank + index
-                expert_name = f"decoder.layers.{local_layer}.mlp.experts.local_experts.{global_index}"
+                expert_name = f"{match.group(1)}.mlp.experts.local_experts.{global_index}"
                 local_name = f"{expert_name}.{match.group(rest_group)}"
                 break
         layer, rest = Template.split_mca_name(local_name)
@@ -186,11 +200,13 @@ class DistConverter:
             return Template.join_mca_name(chunk.layers[layer], rest)
         if local_name == MCA_OUTPUT_LAYER and self.tied:
             return None
+        if local_name == EMBEDDING and not chunk.pre_process:  # the MTP stage's copy
+            return None
         return local_name
 
     # ------------------------------------------------------------------ tensor parallelism
     def rule(self, name: str) -> str:
-        _, rest = Template.split_mca_name(name)
+        rest = Template.layer_relative(name) or name
         pattern = expert_pattern(rest)[0]
         rule = self.rule_overrides.get(pattern) or TP_RULES.get(pattern)
         if rule is None:

@@ -64,7 +64,7 @@ class ConverOp:
         self.unless_config: tuple[str, ...] = ()
         self._validate()
 
-    LAYER_KINDS = ("dense", "moe")
+    LAYER_KINDS = ("dense", "moe", "mtp")
 
     def only(
         self,
@@ -73,7 +73,8 @@ class ConverOp:
         unless_config: str | Sequence[str] = (),
     ) -> ConverOp:
         """Limit the op (returns it): to ``layers`` ("dense" or "moe" layers of a model that
-        mixes them), to configs where every ``if_config`` Megatron field is set (not None, 0 or
+        mixes them; "mtp": a multi-token-prediction layer's own tensors, beside its transformer
+        layer, which is built like the model's last layer), to configs where every ``if_config`` Megatron field is set (not None, 0 or
         False) and every ``unless_config`` field is not."""
         if layers is not None and layers not in self.LAYER_KINDS:
             raise ValueError(f"layers must be one of {self.LAYER_KINDS}, got {layers!r}")

@@ -63,6 +63,7 @@ DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "ffn": _ffn,
     "vocab": lambda c: int(c.get("vocab_size") or c["padded_vocab_size"]),
     "experts": lambda c: int(c["num_moe_experts"]),
+    "two_hidden": lambda c: 2 * int(c["hidden_size"]),
     "moe_ffn": _moe_ffn,
     "moe_fc1_rows": lambda c: _moe_ffn(c) * (2 if _gated(c) else 1),
     "shared_ffn": lambda c: int(c["moe_shared_expert_intermediate_size"]),
@@ -96,6 +97,11 @@ MCA_SHAPES: dict[str, tuple[str | int, ...]] = {
     ".mlp.shared_experts.linear_fc1.weight": ("shared_fc1_rows", "hidden_size"),
     ".mlp.shared_experts.linear_fc2.weight": ("hidden_size", "shared_ffn"),
     ".mlp.shared_experts.gate_weight": (1, "hidden_size"),
+    # A multi-token-prediction layer's own tensors (beside its transformer layer's).
+    ".enorm.weight": ("hidden_size",),
+    ".hnorm.weight": ("hidden_size",),
+    ".eh_proj.weight": ("hidden_size", "two_hidden"),
+    ".final_layernorm.weight": ("hidden_size",),
     # Multi-latent attention.
     ".input_layernorm.weight": ("hidden_size",),
     ".self_attention.linear_q_proj.weight": ("mla_q_rows", "hidden_size"),
@@ -167,15 +173,23 @@ class ShapeCheck:
 
     def mca_shape(self, name: str) -> Shape | None:
         """The canonical shape of a Megatron weight by its global name."""
-        layer, local = Template.split_mca_name(name)
-        return self.mca_local_shape(local if layer is not None else name)
+        local = Template.layer_relative(name)
+        return self.mca_local_shape(local if local is not None else name)
 
     def hf_shape(self, name: str) -> Shape | None:
         layer, local = self.template.split_hf_name(name)
         if layer is None:
             return self._hf.get((None, local))
-        kind = self._kinds[layer] if layer < len(self._kinds) else None
-        for key in ((kind, local), (None, local)):
+        if layer >= len(self._kinds):  # a multi-token-prediction layer: built like the last layer
+            repeated = self.template.mtp_shared_copies.get(local)
+            if repeated is not None:
+                return self._hf.get((None, repeated))
+            keys = [("mtp", local), (self._kinds[-1] if self._kinds else None, local), (None, local)]
+            kind = self._kinds[-1] if self._kinds else None
+        else:
+            kind = self._kinds[layer]
+            keys = [(kind, local), (None, local)]
+        for key in keys:
             if key in self._hf:
                 return self._hf[key]
         for op_kind, pattern, shape in self._hf_patterns:

@@ -13,6 +13,7 @@ code (transformers' config classes are used to read HF configs in their normaliz
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import re
@@ -58,6 +59,10 @@ __all__ = [
 ]
 
 MCA_LAYER_PREFIX = "decoder.layers."
+# Multi-token prediction: Megatron's MTP layers, each a transformer layer plus its own norms and
+# projection (ops limited to layers="mtp"); HF numbers them after the decoder layers.
+MTP_LAYER_PREFIX = "mtp.layers."
+MTP_INNER = ".transformer_layer"
 # Megatron has no output layer weight when it is tied to the word embeddings.
 MCA_OUTPUT_LAYER = "output_layer.weight"
 # Transformer Engine keeps fp8/metadata state under this suffix: not a weight, never converted.
@@ -116,6 +121,7 @@ ARCH_FIELDS = (
     "vocab_size",
     "padded_vocab_size",
     "make_vocab_size_divisible_by",
+    "mtp_num_layers",
 )
 
 # Megatron fields whose None is a setting (no window, no low-rank q projection), kept when an
@@ -229,6 +235,10 @@ class Template:
     # transformers' fused in-memory expert tensors -> the per-expert names stacked in them (see
     # fused_experts); checkpoints saved from memory carry these names.
     hf_fused_experts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # HF tensors of an MTP layer that repeat a main-model tensor (Megatron's MTP layers share
+    # the embedding and output layer): layer-relative HF name -> the global HF name it repeats.
+    # Read: checked equal and not stored twice; written: repeated.
+    mtp_shared_copies: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.hf_layer_prefix.endswith("."):
@@ -426,6 +436,23 @@ class Template:
             if op.applies_to(config) and not (tied and MCA_OUTPUT_LAYER in op.mca_names)
         ]
 
+    def mtp_layers(self, hf_names: Iterable[str], num_layers: int) -> int:
+        """How many multi-token-prediction layers an HF checkpoint holds: the layers numbered
+        after the config's decoder layers (configs state ``num_nextn_predict_layers`` whether or
+        not the weights are there)."""
+        layers = {self.split_hf_name(name)[0] for name in hf_names}
+        return len({i for i in layers if i is not None and i >= num_layers})
+
+    def embedding_hf_name(self) -> str | None:
+        return next(
+            (
+                op.hf_names[0]
+                for op in self.weight_converters
+                if "embedding.word_embeddings.weight" in op.mca_names
+            ),
+            None,
+        )
+
     def tied_hf_names(self) -> list[str]:
         """HF names that only exist for an untied output layer (dropped when embeddings are tied)."""
         return [n for op in self.weight_converters if MCA_OUTPUT_LAYER in op.mca_names for n in op.hf_names]
@@ -446,6 +473,18 @@ class Template:
         return None, name
 
     @staticmethod
+    def layer_relative(name: str) -> str | None:
+        """A decoder or MTP layer's Megatron name without its layer prefix (``.mlp.router.weight``;
+        an MTP layer's own tensors: ``.enorm.weight``); ``None`` for a global name."""
+        layer, rest = Template.split_mca_name(name)
+        if layer is not None:
+            return rest
+        if name.startswith(MTP_LAYER_PREFIX):
+            rest = "." + name[len(MTP_LAYER_PREFIX) :].partition(".")[2]
+            return rest[len(MTP_INNER) :] if rest.startswith(MTP_INNER + ".") else rest
+        return None
+
+    @staticmethod
     def join_mca_name(layer: int | None, local: str) -> str:
         return local if layer is None else f"{MCA_LAYER_PREFIX}{layer}{local}"
 
@@ -458,6 +497,7 @@ class Template:
         names: set[str] = set()
         kinds = layer_kinds(config)
         experts = range(getattr(config, "num_moe_experts", None) or 0)
+        mtp = range(getattr(config, "mtp_num_layers", None) or 0)
         for op in self.active_ops(config):
             if isinstance(op, DropConverOp):
                 continue
@@ -466,14 +506,19 @@ class Template:
                     if WILDCARD not in name:
                         names.add(name)
                     continue
-                layers = [i for i, kind in enumerate(kinds) if op.layers in (None, kind)]
                 if name.count(WILDCARD) == 1 and name.startswith(MCA_EXPERT_PREFIX):
                     local = [name.format(e) for e in experts]
                 elif WILDCARD in name:
                     continue
                 else:
                     local = [name]
+                if op.layers == "mtp":
+                    names.update(f"{MTP_LAYER_PREFIX}{k}{n}" for k in mtp for n in local)
+                    continue
+                layers = [i for i, kind in enumerate(kinds) if op.layers in (None, kind)]
                 names.update(self.join_mca_name(i, n) for i in layers for n in local)
+                if kinds and op.layers in (None, kinds[-1]):  # MTP layers are built like the last
+                    names.update(f"{MTP_LAYER_PREFIX}{k}{MTP_INNER}{n}" for k in mtp for n in local)
         return names
 
     @staticmethod
@@ -527,6 +572,15 @@ class WeightMapper:
         self._pending: dict[tuple[int, int | None, tuple[str, ...]], dict[int, torch.Tensor]] = {}
         self._ops = template.active_ops(mca_config)
         self._kinds = layer_kinds(mca_config) if mca_config is not None else []
+        self._mtp = int(getattr(mca_config, "mtp_num_layers", None) or 0)
+        # MTP layers' repeats of main-model tensors: HF global name -> digest (reading), and
+        # the layer-relative names of the repeats of each global name (writing).
+        self._digests: dict[str, Any] = {}
+        self._repeats: dict[str, list[str]] = {}
+        for local, original in template.mtp_shared_copies.items():
+            if self.tied and original in template.tied_hf_names():
+                original = template.embedding_hf_name()
+            self._repeats.setdefault(original, []).append(local)
         self._exact: dict[tuple[bool, str], list[tuple[int, int]]] = {}
         self._wild: list[tuple[bool, re.Pattern[str], int, int]] = []
         src_is_mca = not to_mca
@@ -538,18 +592,36 @@ class WeightMapper:
                 else:
                     self._exact.setdefault(key, []).append((op_index, slot))
         self._dropped_tied = set(template.tied_hf_names()) if self.tied and to_mca else set()
+        self._pending_repeats: list[tuple[str, str, Any]] = []
 
     def _split(self, name: str) -> tuple[int | None, str]:
-        return self.template.split_hf_name(name) if self.to_mca else self.template.split_mca_name(name)
+        if self.to_mca:
+            return self.template.split_hf_name(name)
+        if name.startswith(MTP_LAYER_PREFIX):  # HF numbers MTP layers after the decoder's
+            index, _, rest = name[len(MTP_LAYER_PREFIX) :].partition(".")
+            rest = "." + rest
+            rest = rest[len(MTP_INNER) :] if rest.startswith(MTP_INNER + ".") else rest
+            return len(self._kinds) + int(index), rest
+        return self.template.split_mca_name(name)
 
-    def _join(self, layer: int | None, local: str, mca: bool) -> str:
+    def _is_mtp(self, layer: int | None) -> bool:
+        return layer is not None and bool(self._kinds) and layer >= len(self._kinds)
+
+    def _join(self, layer: int | None, local: str, mca: bool, op: ConverOp | None = None) -> str:
+        if mca and self._is_mtp(layer):
+            inner = "" if op is not None and op.layers == "mtp" else MTP_INNER
+            return f"{MTP_LAYER_PREFIX}{layer - len(self._kinds)}{inner}{local}"
         return self.template.join_mca_name(layer, local) if mca else self.template.join_hf_name(layer, local)
 
     def _fits(self, op_index: int, layer: int | None) -> bool:
         kind = self._ops[op_index].layers
-        if kind is None or layer is None or layer >= len(self._kinds):
+        if not self._kinds or layer is None:
+            return kind != "mtp"
+        if kind == "mtp":
+            return self._is_mtp(layer)
+        if kind is None:
             return True
-        return self._kinds[layer] == kind
+        return (self._kinds[-1] if self._is_mtp(layer) else self._kinds[layer]) == kind
 
     def _lookup(self, layer: int | None, local: str) -> tuple[int, int, tuple[str, ...]] | None:
         is_local = layer is not None
@@ -577,7 +649,7 @@ class WeightMapper:
         if isinstance(op, DropConverOp):
             return []
         names = resolve_wildcards(op.names(mca=self.to_mca), captures)
-        return [self._join(layer, n, mca=self.to_mca) for n in names]
+        return [self._join(layer, n, self.to_mca, op) for n in names]
 
     def push(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         layer, local = self._split(name)
@@ -586,6 +658,16 @@ class WeightMapper:
         if self.to_mca and (self.template.is_invalid_hf_key(local) or name in self._dropped_tied):
             self.report.dropped.add(name)
             return []
+        if self.to_mca and self._is_mtp(layer):
+            if not self._mtp or layer - len(self._kinds) >= self._mtp:
+                return self._problem(
+                    f"{name}: layer {layer} is beyond the config's {len(self._kinds)} layers and its "
+                    f"{self._mtp} multi-token-prediction layer(s)"
+                )
+            if local in self.template.mtp_shared_copies:
+                return self._repeat_read(name, self.template.mtp_shared_copies[local], tensor)
+        if self.to_mca and name in self._repeats and self._mtp:
+            self._digest(name, tensor)
         hit = self._lookup(layer, local)
         if hit is None:
             side = "HF" if self.to_mca else "Megatron"
@@ -611,9 +693,9 @@ class WeightMapper:
             return []
         del self._pending[key]
         inputs = [group[i] for i in range(len(src_names))]
-        in_names = [self._join(layer, n, mca=not self.to_mca) for n in resolve_wildcards(src_names, captures)]
+        in_names = [self._join(layer, n, not self.to_mca, op) for n in resolve_wildcards(src_names, captures)]
         out_names = [
-            self._join(layer, n, mca=self.to_mca)
+            self._join(layer, n, self.to_mca, op)
             for n in resolve_wildcards(op.names(mca=self.to_mca), captures)
         ]
         self.report.produced.update(out_names)
@@ -633,7 +715,32 @@ class WeightMapper:
             outputs = op.convert(inputs, to_mca=self.to_mca)
         except ValueError as e:  # an op's own shape check: the checkpoint, not the op, is wrong
             return self._problem(f"{', '.join(in_names)}: {e}")
-        return list(zip(out_names, outputs, strict=True))
+        out = list(zip(out_names, outputs, strict=True))
+        if not self.to_mca and self._mtp:  # the MTP layers' repeats of main-model tensors
+            for hf_name, tensor in list(out):
+                for local in self._repeats.get(hf_name, []):
+                    for k in range(self._mtp):
+                        out.append((self.template.join_hf_name(len(self._kinds) + k, local), tensor))
+            self.report.produced.update(n for n, _ in out)
+        return out
+
+    def _digest(self, name: str, tensor: torch.Tensor) -> Any:
+        """What is compared of a main-model tensor and its MTP repeat: shape and dtype, and on
+        real tensors a hash of the bytes (the two need not be in memory together)."""
+        key = (tuple(tensor.shape), tensor.dtype)
+        if tensor.device.type != "meta":
+            data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            key += (hashlib.blake2b(data, digest_size=16).hexdigest(),)
+        return self._digests.setdefault(name, key)
+
+    def _repeat_read(self, name: str, original: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """An MTP layer's repeat of ``original`` (Megatron keeps one): equal, or a problem."""
+        if self.tied and original in self.template.tied_hf_names():
+            original = self.template.embedding_hf_name()
+        self.report.consumed.add(name)
+        self.report.dropped.add(name)
+        self._pending_repeats.append((name, original, self._digest(f"{name}#repeat", tensor)))
+        return []
 
     def _problem(self, message: str) -> list[tuple[str, torch.Tensor]]:
         if self.problems is None:
@@ -642,6 +749,14 @@ class WeightMapper:
         return []
 
     def finish(self) -> ConversionReport:
+        for name, original, digest in self._pending_repeats:
+            if self._digests.get(original) != digest:
+                found = "is absent" if original not in self._digests else "differs from it"
+                self._problem(
+                    f"{name} repeats {original} in a multi-token-prediction layer, which Megatron "
+                    f"shares with the main model, but {original} {found}; the two cannot be kept apart"
+                )
+        self._pending_repeats.clear()
         if self._pending:
             missing = []
             for (op_index, layer, captures), group in self._pending.items():
@@ -680,6 +795,7 @@ def register_template(
     hf_architecture: str | None = None,
     config_derived: dict[str, DerivedField] | None = None,
     hf_fused_experts: dict[str, Sequence[str]] | None = None,
+    mtp_shared_copies: dict[str, str] | None = None,
     template_class: type[Template] = Template,
     overwrite: bool = False,
 ) -> Template:
@@ -705,6 +821,7 @@ def register_template(
         hf_architecture=hf_architecture,
         config_derived=dict(config_derived or {}),
         hf_fused_experts={k: tuple(v) for k, v in (hf_fused_experts or {}).items()},
+        mtp_shared_copies=dict(mtp_shared_copies or {}),
     )
     _TEMPLATES[hf_model_type] = template
     return template

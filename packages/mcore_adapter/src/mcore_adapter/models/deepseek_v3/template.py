@@ -9,6 +9,7 @@ from ..moe_common import (
     MLA_CONSTANT_MCA_CONFIG,
     MOE_CONFIG_HF_TO_MCA,
     MOE_CONSTANT_MCA_CONFIG,
+    MTP_SHARED_COPIES,
     SIGMOID_ROUTING_CONSTANTS,
     SIGMOID_ROUTING_DERIVED,
     SIGMOID_ROUTING_EXPECT,
@@ -18,6 +19,7 @@ from ..moe_common import (
     expert_layer_ops,
     fused_experts_table,
     mla_attention_ops,
+    mtp_ops,
 )
 
 register_template(
@@ -33,7 +35,9 @@ register_template(
             shared=".mlp.shared_experts",
             expert_bias=".mlp.gate.e_score_correction_bias",
         ),
+        *mtp_ops(),
     ],
+    mtp_shared_copies=MTP_SHARED_COPIES,
     hf_layer_prefix="model.layers.",
     hf_fused_experts=fused_experts_table(),
     constant_mca_config={
