@@ -217,6 +217,20 @@ def test_multi_token_prediction_layers(megatron, tiny_checkpoint, tmp_path):
     assert compare_hf_dirs(path, tmp_path / "reloaded") == []
 
 
+def test_dropping_mtp_layers_is_explicit(tiny_checkpoint, tmp_path, capsys):
+    from mcore_adapter.cli import main
+
+    path = tiny_checkpoint("deepseek_v3", mtp_layers=1)
+    assert main(["convert", str(path), str(tmp_path / "kept")]) == 0
+    kept = TorchRankReader(torch_rank_file(tmp_path / "kept")).chunks["model"]
+    assert "mtp.layers.0.eh_proj.weight" in kept
+    assert main(["convert", str(path), str(tmp_path / "dropped"), "--drop-mtp"]) == 0
+    assert "dropped 1 multi-token-prediction layer(s) (--drop-mtp)" in capsys.readouterr().out
+    dropped = TorchRankReader(torch_rank_file(tmp_path / "dropped")).chunks["model"]
+    assert not [n for n in dropped if n.startswith("mtp.")]
+    assert set(dropped) == {n for n in kept if not n.startswith("mtp.")}
+
+
 def test_export_streams_expert_by_expert(megatron, tiny_checkpoint):
     """With the smallest buckets every yielded tensor is one expert's (or a dense weight): the
     export never holds a layer's experts, nor a fused tensor, at once."""

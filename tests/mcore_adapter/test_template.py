@@ -36,6 +36,34 @@ def test_every_megatron_weight_of_a_template_has_a_shape_rule(model_type, tiny_c
     assert ShapeCheck(template, template.convert_hf_to_mca_config(config)).unknown_mca_names() == []
 
 
+@pytest.mark.parametrize("model_type", registered_model_types())
+def test_every_megatron_weight_of_a_template_has_a_sharding_rule(model_type, tiny_checkpoint):
+    """TP_RULES fails closed (a weight without a rule is an error, not silently replicated):
+    every weight a template produces must have a rule, also inside an MTP layer."""
+    from mcore_adapter.models.converter.dist_converter import DistConverter
+    from mcore_adapter.models.converter.layout import ParallelLayout
+    from mcore_adapter.models.converter.template import MTP_INNER, MTP_LAYER_PREFIX
+
+    template = get_template(model_type)
+    config = json.loads((tiny_checkpoint(model_type) / "config.json").read_text())
+    dist = DistConverter(template.convert_hf_to_mca_config(config), ParallelLayout(tp=2))
+    for op in template.weight_converters:
+        for name in op.mca_names:
+            if op.layers == "mtp":
+                names = [f"{MTP_LAYER_PREFIX}0{name}"]
+            elif op.is_layer_local:
+                names = [
+                    f"decoder.layers.0{name.format(0)}",
+                    f"{MTP_LAYER_PREFIX}0{MTP_INNER}{name.format(0)}",
+                ]
+            else:
+                names = [name.format("patch_embed.proj.weight")]  # a carried subtree (vision tower)
+            for full in names:
+                assert dist.rule(full) in {"column", "row", "gated_column", "vocab", "replicated"}, full
+    with pytest.raises(Exception, match="no tensor-parallel rule for '.mlp.mystery.weight'"):
+        dist.rule("decoder.layers.0.mlp.mystery.weight")
+
+
 def test_builtin_families_are_registered():
     assert {"llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl"} <= set(registered_model_types())
 

@@ -100,13 +100,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
     to_mca = src_format == "hf" or bool(layout_flags) or args.format is not None
     to_mca = to_mca or args.moe_grouped_gemm is not None
     out_format = (args.format or "torch") if to_mca else "hf"
+    if args.drop_mtp and (kind != "hf" or out_format != "torch"):
+        raise UserError(
+            "--drop-mtp leaves the multi-token-prediction layers out of an HF checkpoint converted to "
+            f"the 'torch' format; this conversion is {src_format} -> {out_format}: drop --drop-mtp"
+        )
     kw = {"dtype": args.dtype, "force": args.force}
     if src_format != "torch_dist" and out_format != "torch_dist":  # offline, torch + safetensors only
         keep_freed_memory()
         if out_format == "hf":
             convert.convert_mca_to_hf(src, dst, hf_config=hf_config, **kw)
         elif src_format == "hf":
-            convert.convert_hf_to_mca(src, dst, layout, moe_grouped_gemm=args.moe_grouped_gemm, **kw)
+            report = convert.convert_hf_to_mca(
+                src, dst, layout, moe_grouped_gemm=args.moe_grouped_gemm, drop_mtp=args.drop_mtp, **kw
+            )
+            if report.dropped_mtp_layers:
+                print(f"dropped {report.dropped_mtp_layers} multi-token-prediction layer(s) (--drop-mtp)")
         else:
             convert.reshard_mca(
                 src, dst, layout, hf_config=hf_config, moe_grouped_gemm=args.moe_grouped_gemm, **kw
@@ -332,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'torch' output of a model with experts: name the experts as Megatron's grouped GEMM "
         "(experts.linear_fc1.weight<i>) or, with --no-moe-grouped-gemm, as its SequentialMLP "
         "(experts.local_experts.<i>.linear_fc1.weight; the default for HF sources). Both are read",
+    )
+    convert.add_argument(
+        "--drop-mtp",
+        action="store_true",
+        help="HF sources: leave out the multi-token-prediction layers (DeepSeek-V3, GLM-4.5), which "
+        "only training with the MTP loss uses; without it they are converted",
     )
     convert.add_argument(
         "--force",

@@ -127,16 +127,25 @@ def _digest(tensor: torch.Tensor) -> tuple:
 
 # ---------------------------------------------------------------------- sources
 class HFSource:
-    """Canonical weights from an HF checkpoint, through its template's ops."""
+    """Canonical weights from an HF checkpoint, through its template's ops. With ``drop_mtp``
+    its multi-token-prediction layers are left out (``dropped_mtp_layers`` says how many)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, drop_mtp: bool = False):
         self.path = Path(path)
         self.ckpt = HFCheckpoint(path, unfold_experts=True)
         self.hf_expert_layout = self.ckpt.expert_layout
         self.template = get_template(self.ckpt.config.get("model_type"))
         self.mca_kwargs = self.template.convert_hf_to_mca_config(self.ckpt.config)
-        mtp = self.template.mtp_layers(self.ckpt.weight_map, self.mca_kwargs["num_layers"])
-        if mtp:
+        num_layers = self.mca_kwargs["num_layers"]
+        mtp = self.template.mtp_layers(self.ckpt.weight_map, num_layers)
+        self.dropped_mtp_layers = mtp if drop_mtp else 0
+        if drop_mtp:
+            self.ckpt.weight_map = {
+                name: file
+                for name, file in self.ckpt.weight_map.items()
+                if (self.template.split_hf_name(name)[0] or 0) < num_layers
+            }
+        elif mtp:
             self.mca_kwargs["mtp_num_layers"] = mtp
         self.hf_config: dict[str, Any] | None = self.ckpt.config
         self.hf_weight_dtype = dtype_name(self.ckpt.dtype())
@@ -181,13 +190,18 @@ class HFSource:
         num_layers = self.mca_kwargs["num_layers"]
         mtp = self.mca_kwargs.get("mtp_num_layers") or 0
         for local, original in self.template.mtp_shared_copies.items():
+            if self.op_config.tie_embeddings_and_output_weights and original in self.template.tied_hf_names():
+                original = self.template.embedding_hf_name()
             repeats = [self.template.join_hf_name(num_layers + k, local) for k in range(mtp)]
-            names = [n for n in (original, *repeats) if n in self.ckpt.weight_map]
-            if len(names) < 2 or names[0] != original:
+            repeats = [name for name in repeats if name in self.ckpt.weight_map]
+            if not repeats:
                 continue
-            digests = {name: _digest(tensor) for name, tensor in self.ckpt.tensors(names)}
+            if original not in self.ckpt.weight_map:
+                problems.add(f"{repeats[0]} repeats {original}, which the checkpoint lacks")
+                continue
+            digests = {name: _digest(tensor) for name, tensor in self.ckpt.tensors([original, *repeats])}
             for name in repeats:
-                if name in digests and digests[name] != digests[original]:
+                if digests[name] != digests[original]:
                     problems.add(
                         f"{name} repeats {original} in a multi-token-prediction layer, which Megatron "
                         f"shares with the main model, but {original} differs from it; the two cannot be kept apart"
@@ -516,14 +530,17 @@ def convert_hf_to_mca(
     force: bool = False,
     progress: bool = True,
     moe_grouped_gemm: bool | None = None,
+    drop_mtp: bool = False,
 ) -> ConversionReport:
     """Convert an HF directory to an MCA directory in ``torch`` format, all ranks of ``layout``
-    (experts named for grouped GEMM with ``moe_grouped_gemm``)."""
+    (experts named for grouped GEMM with ``moe_grouped_gemm``; with ``drop_mtp`` without the
+    multi-token-prediction layers, which the report counts)."""
     check_output_dir(dst, force, [src])
-    source = HFSource(src)
+    source = HFSource(src, drop_mtp)
     save_mca_torch(
         source, dst, layout, dtype, force, progress, src, "HF -> MCA", moe_grouped_gemm=moe_grouped_gemm
     )
+    source.report.dropped_mtp_layers = source.dropped_mtp_layers
     return source.report
 
 

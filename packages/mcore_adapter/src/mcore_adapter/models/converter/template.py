@@ -13,7 +13,6 @@ code (transformers' config classes are used to read HF configs in their normaliz
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import json
 import re
@@ -548,6 +547,7 @@ class ConversionReport:
     consumed: set[str] = field(default_factory=set)
     produced: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
+    dropped_mtp_layers: int = 0  # multi-token-prediction layers left out on request
 
 
 class WeightMapper:
@@ -573,9 +573,8 @@ class WeightMapper:
         self._ops = template.active_ops(mca_config)
         self._kinds = layer_kinds(mca_config) if mca_config is not None else []
         self._mtp = int(getattr(mca_config, "mtp_num_layers", None) or 0)
-        # MTP layers' repeats of main-model tensors: HF global name -> digest (reading), and
-        # the layer-relative names of the repeats of each global name (writing).
-        self._digests: dict[str, Any] = {}
+        # The MTP layers' repeats of main-model tensors, by the global HF name they repeat:
+        # written with it; when read, dropped (a conversion's dry run checks them equal).
         self._repeats: dict[str, list[str]] = {}
         for local, original in template.mtp_shared_copies.items():
             if self.tied and original in template.tied_hf_names():
@@ -592,7 +591,6 @@ class WeightMapper:
                 else:
                     self._exact.setdefault(key, []).append((op_index, slot))
         self._dropped_tied = set(template.tied_hf_names()) if self.tied and to_mca else set()
-        self._pending_repeats: list[tuple[str, str, Any]] = []
 
     def _split(self, name: str) -> tuple[int | None, str]:
         if self.to_mca:
@@ -641,6 +639,8 @@ class WeightMapper:
         layer, local = self._split(name)
         if self.to_mca and (self.template.is_invalid_hf_key(local) or name in self._dropped_tied):
             return []
+        if self.to_mca and self._is_mtp(layer) and local in self.template.mtp_shared_copies:
+            return []
         hit = self._lookup(layer, local)
         if hit is None:
             return None
@@ -664,10 +664,10 @@ class WeightMapper:
                     f"{name}: layer {layer} is beyond the config's {len(self._kinds)} layers and its "
                     f"{self._mtp} multi-token-prediction layer(s)"
                 )
-            if local in self.template.mtp_shared_copies:
-                return self._repeat_read(name, self.template.mtp_shared_copies[local], tensor)
-        if self.to_mca and name in self._repeats and self._mtp:
-            self._digest(name, tensor)
+            if local in self.template.mtp_shared_copies:  # checked equal by the dry run
+                self.report.consumed.add(name)
+                self.report.dropped.add(name)
+                return []
         hit = self._lookup(layer, local)
         if hit is None:
             side = "HF" if self.to_mca else "Megatron"
@@ -724,24 +724,6 @@ class WeightMapper:
             self.report.produced.update(n for n, _ in out)
         return out
 
-    def _digest(self, name: str, tensor: torch.Tensor) -> Any:
-        """What is compared of a main-model tensor and its MTP repeat: shape and dtype, and on
-        real tensors a hash of the bytes (the two need not be in memory together)."""
-        key = (tuple(tensor.shape), tensor.dtype)
-        if tensor.device.type != "meta":
-            data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-            key += (hashlib.blake2b(data, digest_size=16).hexdigest(),)
-        return self._digests.setdefault(name, key)
-
-    def _repeat_read(self, name: str, original: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        """An MTP layer's repeat of ``original`` (Megatron keeps one): equal, or a problem."""
-        if self.tied and original in self.template.tied_hf_names():
-            original = self.template.embedding_hf_name()
-        self.report.consumed.add(name)
-        self.report.dropped.add(name)
-        self._pending_repeats.append((name, original, self._digest(f"{name}#repeat", tensor)))
-        return []
-
     def _problem(self, message: str) -> list[tuple[str, torch.Tensor]]:
         if self.problems is None:
             raise ConversionError(message)
@@ -749,14 +731,6 @@ class WeightMapper:
         return []
 
     def finish(self) -> ConversionReport:
-        for name, original, digest in self._pending_repeats:
-            if self._digests.get(original) != digest:
-                found = "is absent" if original not in self._digests else "differs from it"
-                self._problem(
-                    f"{name} repeats {original} in a multi-token-prediction layer, which Megatron "
-                    f"shares with the main model, but {original} {found}; the two cannot be kept apart"
-                )
-        self._pending_repeats.clear()
         if self._pending:
             missing = []
             for (op_index, layer, captures), group in self._pending.items():
