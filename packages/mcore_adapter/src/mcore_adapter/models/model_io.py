@@ -213,7 +213,14 @@ def _chunk_keys(models: list) -> list[str]:
 
 
 def _sharded_state_dict(models: list) -> dict[str, Any]:
-    return {key: model.sharded_state_dict() for model, key in zip(models, _chunk_keys(models), strict=True)}
+    # megatron-core 0.16.1's GPTModel reads metadata["dp_cp_group"] without a default where a
+    # pipeline stage holding MTP layers ties its embedding copy: pass it, as Megatron-LM's
+    # checkpointing does.
+    metadata = {"dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True)}
+    return {
+        key: model.sharded_state_dict(metadata=metadata)
+        for model, key in zip(models, _chunk_keys(models), strict=True)
+    }
 
 
 def save_pretrained(models: list, path: str | os.PathLike, force: bool = False) -> None:
