@@ -132,49 +132,39 @@ ROLL_CASE = {
 }
 
 
+def _case(work: Path, case_id: str, model_type: str, tie: bool, name: str, hf_dir, reload) -> dict:
+    """One case of a job: the HF checkpoint and its offline conversion to the case's layout."""
+    torch_dir = work / f"{case_id}-torch"
+    convert_hf_to_mca(hf_dir, torch_dir, layout=ParallelLayout(**NAMES[name]), progress=False)
+    return {
+        "id": case_id,
+        "model_type": model_type,
+        "tied": tie,
+        "layout_name": name,
+        "layout": NAMES[name],
+        "hf_dir": str(hf_dir),
+        "torch_dir": str(torch_dir),
+        "torch_dist_reload_layout": reload,
+    }
+
+
 def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[str, dict]:
     work = tmp_path_factory.mktemp(f"world{world}")
     cases = [ROLL_CASE] if world == 4 else []
     for model_type, tie, name, reload in _specs(world):
-        layout = NAMES[name]
         # 4 layers for VPP2 and PP4 (the vision-language tiny model keeps its 2).
         hf_dir = tiny_checkpoint(
             model_type, tie, **({} if model_type in TINY_VL_MODELS else {"num_hidden_layers": 4})
         )
         case_id = f"{model_type}-{'tied' if tie else 'untied'}-{name.replace(' ', '_')}"
-        torch_dir = work / f"{case_id}-torch"
-        convert_hf_to_mca(hf_dir, torch_dir, layout=ParallelLayout(**layout), progress=False)
-        cases.append(
-            {
-                "id": case_id,
-                "model_type": model_type,
-                "tied": tie,
-                "layout_name": name,
-                "layout": layout,
-                "hf_dir": str(hf_dir),
-                "torch_dir": str(torch_dir),
-                "torch_dist_reload_layout": reload,
-            }
-        )
+        cases.append(_case(work, case_id, model_type, tie, name, hf_dir, reload))
     for model_type, variant, name, dispatcher, reload in _moe_specs(world):
-        layout = NAMES[name]
         hf_dir = tiny_checkpoint(model_type, **MOE_VARIANTS[variant])
         case_id = _moe_id(model_type, variant, name, dispatcher)
-        torch_dir = work / f"{case_id}-torch"
-        convert_hf_to_mca(hf_dir, torch_dir, layout=ParallelLayout(**layout), progress=False)
-        cases.append(
-            {
-                "id": case_id,
-                "model_type": model_type,
-                "tied": False,
-                "layout_name": f"{name} {dispatcher}" + (f" ({variant})" if variant else ""),
-                "layout": layout,
-                "overrides": {"moe_token_dispatcher_type": dispatcher},
-                "hf_dir": str(hf_dir),
-                "torch_dir": str(torch_dir),
-                "torch_dist_reload_layout": reload,
-            }
-        )
+        case = _case(work, case_id, model_type, False, name, hf_dir, reload)
+        case["layout_name"] = f"{name} {dispatcher}" + (f" ({variant})" if variant else "")
+        case["overrides"] = {"moe_token_dispatcher_type": dispatcher}
+        cases.append(case)
     results = {r["id"]: r for r in launch(run_cases, world, cases, str(work))[0]}
     for r in results.values():
         if r["id"] == ROLL_CASE["id"]:

@@ -1,25 +1,22 @@
 """DeepSeek-V3: multi-latent attention (with or without the q low-rank projection, rope or
 yarn), sigmoid routing with a selection-only correction bias, group-limited top-k,
-``routed_scaling_factor``, shared experts, and ``first_k_dense_replace`` dense layers first."""
+``routed_scaling_factor``, shared experts, ``first_k_dense_replace`` dense layers first, and
+multi-token-prediction layers."""
 
 from ..common import DENSE_CONSTANT_MCA_CONFIG, DENSE_HF_CONFIG_EXPECT, ROTARY_INV_FREQ_KEYS, global_ops
 from ..converter.template import register_template
 from ..moe_common import (
+    DEEPSEEK_MOE_TEMPLATE,
     MLA_CONFIG_HF_TO_MCA,
     MLA_CONSTANT_MCA_CONFIG,
     MOE_CONFIG_HF_TO_MCA,
     MOE_CONSTANT_MCA_CONFIG,
-    MTP_SHARED_COPIES,
     SIGMOID_ROUTING_CONSTANTS,
-    SIGMOID_ROUTING_DERIVED,
     SIGMOID_ROUTING_EXPECT,
     SIGMOID_ROUTING_HF_TO_MCA,
     MLATemplate,
-    dense_mlp_ops,
-    expert_layer_ops,
-    fused_experts_table,
+    deepseek_mlp_ops,
     mla_attention_ops,
-    mtp_ops,
 )
 
 register_template(
@@ -28,18 +25,9 @@ register_template(
     weight_converters=[
         *global_ops(),
         *mla_attention_ops(),
-        *dense_mlp_ops(),
-        *expert_layer_ops(
-            router=".mlp.gate.weight",
-            experts=".mlp.experts",
-            shared=".mlp.shared_experts",
-            expert_bias=".mlp.gate.e_score_correction_bias",
-        ),
-        *mtp_ops(),
+        *deepseek_mlp_ops(),
     ],
-    mtp_shared_copies=MTP_SHARED_COPIES,
     hf_layer_prefix="model.layers.",
-    hf_fused_experts=fused_experts_table(),
     constant_mca_config={
         **DENSE_CONSTANT_MCA_CONFIG,
         **MOE_CONSTANT_MCA_CONFIG,
@@ -55,6 +43,6 @@ register_template(
         "rope_interleave": True,
     },
     hf_architecture="DeepseekV3ForCausalLM",
-    config_derived=SIGMOID_ROUTING_DERIVED,
+    **DEEPSEEK_MOE_TEMPLATE,
     template_class=MLATemplate,
 )

@@ -12,17 +12,13 @@ from ..common import (
 )
 from ..converter.template import register_template
 from ..moe_common import (
+    DEEPSEEK_MOE_TEMPLATE,
     MOE_CONFIG_HF_TO_MCA,
     MOE_CONSTANT_MCA_CONFIG,
-    MTP_SHARED_COPIES,
     SIGMOID_ROUTING_CONSTANTS,
-    SIGMOID_ROUTING_DERIVED,
     SIGMOID_ROUTING_EXPECT,
     SIGMOID_ROUTING_HF_TO_MCA,
-    dense_mlp_ops,
-    expert_layer_ops,
-    fused_experts_table,
-    mtp_ops,
+    deepseek_mlp_ops,
 )
 
 register_template(
@@ -38,18 +34,9 @@ register_template(
     weight_converters=[
         *global_ops(),
         *attention_ops(qkv_bias="add_qkv_bias", qk_norm="qk_layernorm"),
-        *dense_mlp_ops(),
-        *expert_layer_ops(
-            router=".mlp.gate.weight",
-            experts=".mlp.experts",
-            shared=".mlp.shared_experts",
-            expert_bias=".mlp.gate.e_score_correction_bias",
-        ),
-        *mtp_ops(),
+        *deepseek_mlp_ops(),
     ],
-    mtp_shared_copies=MTP_SHARED_COPIES,
     hf_layer_prefix="model.layers.",
-    hf_fused_experts=fused_experts_table(),
     constant_mca_config={
         **{k: v for k, v in DENSE_CONSTANT_MCA_CONFIG.items() if k != "rotary_percent"},
         **MOE_CONSTANT_MCA_CONFIG,
@@ -58,5 +45,5 @@ register_template(
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, **SIGMOID_ROUTING_EXPECT},
     hf_architecture="Glm4MoeForCausalLM",
-    config_derived=SIGMOID_ROUTING_DERIVED,
+    **DEEPSEEK_MOE_TEMPLATE,
 )
