@@ -215,6 +215,29 @@ MTP_SHARED_COPIES = {
 }
 
 
+def deepseek_mlp_ops() -> list[ConverOp]:
+    """The MLP side of DeepSeek-V3 and GLM-4.5: dense first layers, then expert layers with
+    shared experts and the router's correction bias, and the MTP layers' own tensors."""
+    return [
+        *dense_mlp_ops(),
+        *expert_layer_ops(
+            router=".mlp.gate.weight",
+            experts=".mlp.experts",
+            shared=".mlp.shared_experts",
+            expert_bias=".mlp.gate.e_score_correction_bias",
+        ),
+        *mtp_ops(),
+    ]
+
+
+# register_template arguments DeepSeek-V3 and GLM-4.5 share besides their ops.
+DEEPSEEK_MOE_TEMPLATE: dict[str, Any] = {
+    "hf_fused_experts": fused_experts_table(),
+    "mtp_shared_copies": MTP_SHARED_COPIES,
+    "config_derived": SIGMOID_ROUTING_DERIVED,
+}
+
+
 # ------------------------------------------------------------------ multi-latent attention
 MLA_CONFIG_HF_TO_MCA: dict[str, str] = {
     **{k: v for k, v in DENSE_CONFIG_HF_TO_MCA.items() if k not in ("num_key_value_heads", "head_dim")},
