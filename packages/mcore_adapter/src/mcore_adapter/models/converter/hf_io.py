@@ -7,6 +7,7 @@ import math
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class HFCheckpoint:
         self.weight_map = self._weight_map()
         self.parts: dict[str, Part] = {}
         self.expert_layout = PER_EXPERT
+        self._headers: dict[str, _ShardHeader] = {}
         if unfold_experts:
             self._unfold_experts()
 
@@ -68,9 +70,7 @@ class HFCheckpoint:
         for name, filename in self.weight_map.items():
             parts = None
             if fused.holds(name):  # its shape (the header) says how many experts
-                with self._open(filename) as f:
-                    shape = f.get_slice(name).get_shape()
-                parts = fused.unfold(name, shape)
+                parts = fused.unfold(name, self._header(filename).tensors[name][1])
             if parts is None:
                 weight_map[name] = filename
                 continue
@@ -122,7 +122,7 @@ class HFCheckpoint:
     def tensors(
         self, names: Iterable[str] | None = None, meta: bool = False
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(name, tensor)`` for ``names`` (default all), opening each shard once.
+        """Yield ``(name, tensor)`` for ``names`` (default all), shard by shard.
 
         With ``meta=True`` the tensors are meta tensors of the stored shape and dtype, read from
         the shard headers only: a dry run that checks and plans a conversion without its I/O.
@@ -134,41 +134,41 @@ class HFCheckpoint:
                 raise CheckpointError(f"tensor {name!r} is not in the checkpoint at {self.path}")
             by_file.setdefault(self.weight_map[name], []).append(name)
         for filename, file_names in by_file.items():
-            with self._open(filename) as f:
-                present = set(f.keys())
+            header = self._header(filename)
             for name in file_names:
-                if name not in present and name not in self.parts:
+                stored = self.parts[name].fused if name in self.parts else name
+                if stored not in header.tensors:
                     raise CheckpointError(
                         f"the index maps {name!r} to {filename}, which does not hold it; "
                         "the checkpoint is incomplete"
                     )
-                # One open per tensor: safetensors maps the whole shard and every page read
-                # stays resident while the file is open, so reading a shard through one handle
-                # would hold up to the shard's size (5 GB on the hub) in memory.
-                with self._open(filename) as f:
-                    try:
-                        if name in self.parts:
-                            yield name, self._read_part(f, self.parts[name], meta)
-                            continue
-                        if meta:
-                            info = f.get_slice(name)
-                            dtype = _SAFETENSORS_DTYPES[info.get_dtype()]
-                            tensor = torch.empty(info.get_shape(), dtype=dtype, device="meta")
-                        else:
-                            tensor = f.get_tensor(name)
-                    except Exception as e:
-                        raise CheckpointError(f"cannot read {name!r} from {self.path / filename}: {e}") from e
-                yield name, tensor
+                yield name, self._read(header, name, meta)
 
-    @staticmethod
-    def _read_part(f, part: Part, meta: bool) -> torch.Tensor:
-        """One expert's tensor, read alone from its fused tensor (a contiguous block)."""
-        info = f.get_slice(part.fused)
+    def _header(self, filename: str) -> _ShardHeader:
+        if filename not in self._headers:
+            self._headers[filename] = _ShardHeader.read(self.path / filename)
+        return self._headers[filename]
+
+    def _read(self, header: _ShardHeader, name: str, meta: bool) -> torch.Tensor:
+        """One tensor (an expert's part: its contiguous block of the fused tensor), read into
+        fresh memory with plain reads. safetensors' own reader maps the whole shard, and every
+        page it reads stays resident while the file is open; opening a shard per tensor instead
+        parses its header each time, slow for the thousands of experts in a MoE shard."""
+        part = self.parts.get(name)
+        dtype, shape, begin = header.tensors[part.fused if part else name]
+        if part is not None and part.expert is not None:
+            begin += part.element_offset(shape) * dtype.itemsize
+            shape = part.shape
         if meta:
-            return torch.empty(part.shape, dtype=_SAFETENSORS_DTYPES[info.get_dtype()], device="meta")
-        if part.expert is None:
-            return f.get_tensor(part.fused)
-        return info[part.expert, part.rows].contiguous()
+            return torch.empty(shape, dtype=dtype, device="meta")
+        out = torch.empty(shape, dtype=dtype)
+        if out.numel():
+            view = out.reshape(-1).view(torch.uint8).numpy()
+            with open(header.file, "rb", buffering=0) as f:
+                f.seek(header.data_start + begin)
+                if f.readinto(view) != view.nbytes:
+                    raise CheckpointError(f"cannot read {name!r}: {header.file} is truncated")
+        return out
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self.tensors(meta=True))
@@ -176,9 +176,8 @@ class HFCheckpoint:
     def dtype(self) -> torch.dtype:
         """The dtype of the checkpoint's weights (read from the first tensor's header)."""
         name = next(iter(self.weight_map))
-        with self._open(self.weight_map[name]) as f:
-            code = f.get_slice(name).get_dtype()
-        return _SAFETENSORS_DTYPES[code]
+        stored = self.parts[name].fused if name in self.parts else name
+        return self._header(self.weight_map[name]).tensors[stored][0]
 
 
 _SAFETENSORS_DTYPES = {
@@ -196,6 +195,46 @@ _SAFETENSORS_DTYPES = {
 
 
 _DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+
+
+@dataclass
+class _ShardHeader:
+    """A safetensors file's header: where its tensors' bytes start, and each tensor's dtype,
+    shape and offset (the format: an 8-byte length, a JSON header, the bytes)."""
+
+    file: Path
+    data_start: int
+    tensors: dict[str, tuple[torch.dtype, tuple[int, ...], int]]
+
+    @classmethod
+    def read(cls, file: Path) -> _ShardHeader:
+        def bad(why: str) -> CheckpointError:
+            return CheckpointError(f"cannot read {file}: {why}; the shard may be truncated")
+
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > size - 8:
+                    raise bad(f"its header claims {length} bytes, the file has {size}")
+                header = json.loads(f.read(length))
+        except (struct.error, ValueError) as e:
+            raise bad(f"not a safetensors header ({e})") from None
+        start = 8 + length
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(
+                    f"{file}: {name!r} is stored as {info['dtype']}, which this converter does not read "
+                    f"(supported: {', '.join(_SAFETENSORS_DTYPES)})"
+                )
+            begin, end = info["data_offsets"]
+            if start + end > size:
+                raise bad(f"{name!r} ends at byte {start + end}, the file has {size}")
+            tensors[name] = (_SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]), begin)
+        return cls(file, start, tensors)
 
 
 class SafetensorsWriter:

@@ -42,6 +42,13 @@ register_template(
         "attention_bias": False,
         "rope_interleave": True,
     },
+    # Hub configs predate the rope_interleave field (transformers' default: the hub's layout).
+    hf_config_defaults={
+        "rope_interleave": True,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+    },
     hf_architecture="DeepseekV3ForCausalLM",
     **DEEPSEEK_MOE_TEMPLATE,
     template_class=MLATemplate,

@@ -8,6 +8,7 @@ from ..common import (
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
     attention_ops,
+    dense_hf_config_defaults,
     global_ops,
 )
 from ..converter.template import register_template
@@ -44,6 +45,13 @@ register_template(
     },
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, **SIGMOID_ROUTING_EXPECT},
+    hf_config_defaults=dense_hf_config_defaults(
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        attention_bias=False,
+        use_qk_norm=False,
+    ),
     hf_architecture="Glm4MoeForCausalLM",
     **DEEPSEEK_MOE_TEMPLATE,
 )

@@ -8,6 +8,7 @@ from ..common import (
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
     attention_ops,
+    dense_hf_config_defaults,
     global_ops,
 )
 from ..converter.template import DerivedField, register_template
@@ -44,6 +45,15 @@ register_template(
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     # Router jitter is training-time noise transformers adds; Megatron's moe_input_jitter_eps differs.
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "router_jitter_noise": 0.0},
+    hf_config_defaults=dense_hf_config_defaults(
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        head_dim=None,  # Megatron's hidden_size / heads, as transformers'
+        sliding_window=None,
+        router_jitter_noise=0.0,
+        **{"rope_parameters.rope_theta": 1000000.0},
+    ),
     hf_architecture="MixtralForCausalLM",
     # Mixtral's experts are as wide as a dense MLP would be: intermediate_size.
     config_derived={"moe_ffn_hidden_size": DerivedField(("intermediate_size",), int, lambda size, mca: {})},

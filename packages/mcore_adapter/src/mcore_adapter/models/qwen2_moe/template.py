@@ -7,6 +7,7 @@ from ..common import (
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
     attention_ops,
+    dense_hf_config_defaults,
     global_ops,
 )
 from ..converter.template import register_template
@@ -49,6 +50,15 @@ register_template(
     },
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "use_sliding_window": False},
+    hf_config_defaults=dense_hf_config_defaults(
+        num_key_value_heads=16,
+        max_position_embeddings=32768,
+        use_sliding_window=False,
+        qkv_bias=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        norm_topk_prob=False,
+    ),
     hf_architecture="Qwen2MoeForCausalLM",
     config_derived={
         "moe_router_pre_softmax": PRE_SOFTMAX_FROM_NORM_TOPK,

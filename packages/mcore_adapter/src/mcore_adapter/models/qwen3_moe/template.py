@@ -6,6 +6,7 @@ from ..common import (
     DENSE_HF_CONFIG_EXPECT,
     ROTARY_INV_FREQ_KEYS,
     attention_ops,
+    dense_hf_config_defaults,
     global_ops,
 )
 from ..converter.template import register_template
@@ -37,6 +38,16 @@ register_template(
     constant_mca_config={**DENSE_CONSTANT_MCA_CONFIG, **MOE_CONSTANT_MCA_CONFIG, "qk_layernorm": True},
     hf_invalid_keys=ROTARY_INV_FREQ_KEYS,
     hf_config_expect={**DENSE_HF_CONFIG_EXPECT, "attention_bias": False, "use_sliding_window": False},
+    hf_config_defaults=dense_hf_config_defaults(
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        attention_bias=False,
+        use_sliding_window=False,
+        num_local_experts=lambda config: config.get("num_experts", 128),  # the hub's name
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        norm_topk_prob=False,
+    ),
     hf_architecture="Qwen3MoeForCausalLM",
     config_derived={
         "moe_router_pre_softmax": PRE_SOFTMAX_FROM_NORM_TOPK,
