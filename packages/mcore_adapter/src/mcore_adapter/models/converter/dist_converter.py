@@ -82,12 +82,10 @@ POST_PROCESS_PREFIXES = ("decoder.final_layernorm.", "output_layer.", MTP_LAYER_
 
 
 # A canonical expert weight: its layer (a decoder layer or an MTP layer's transformer layer),
-# global expert index, the rest of the name.
+# global expert index, the rest of the name. A rank file names its experts the same way with
+# local indices (SequentialMLP), or puts the local index after the parameter name (grouped GEMM).
 _LAYER = r"(decoder\.layers\.\d+|mtp\.layers\.\d+\.transformer_layer)"
 _EXPERT = re.compile(rf"^{_LAYER}\.mlp\.experts\.local_experts\.(\d+)\.(.+)$")
-# An expert weight in a rank file: SequentialMLP (local index in the path) or grouped GEMM
-# (TEGroupedMLP: the local index after the parameter name).
-_LOCAL_EXPERT = re.compile(rf"^{_LAYER}\.mlp\.experts\.local_experts\.(\d+)\.(.+)$")
 _GROUPED_EXPERT = re.compile(rf"^{_LAYER}\.mlp\.experts\.(linear_fc[12]\.(?:weight|bias))(\d+)$")
 
 
@@ -103,6 +101,7 @@ class DistConverter:
         """``rule_overrides`` (layer-relative name -> rule) describe a built model whose modules
         split a weight otherwise than Transformer Engine's, the layout of the ``torch`` format."""
         self.layout = layout.validate(mca_kwargs)
+        self.ranks = self.layout.ranks()
         self.rule_overrides = dict(rule_overrides or {})
         self.num_experts = int(mca_kwargs.get("num_moe_experts") or 0)
         self.experts_per_rank = self.num_experts // self.layout.ep if self.num_experts else 0
@@ -167,7 +166,7 @@ class DistConverter:
         owner = self.expert_owner(name)
         out = []
         for chunk, local in self.placements(name):
-            for rank in self.layout.ranks():
+            for rank in self.ranks:
                 if rank.pp != chunk.pp_rank or (owner is not None and rank.ep != owner):
                     continue
                 out.append((rank, chunk, local, parts[rank.tp if owner is None else rank.etp]))
@@ -176,7 +175,7 @@ class DistConverter:
     def canonical_name(self, chunk: Chunk, local_name: str, ep_rank: int = 0) -> str | None:
         """The canonical name of a chunk-local weight (an expert's of ``ep_rank``); ``None`` for
         the last stage's copy of tied embeddings (the first stage's embedding is the weight)."""
-        for pattern, index_group, rest_group in ((_LOCAL_EXPERT, 2, 3), (_GROUPED_EXPERT, 3, 2)):
+        for pattern, index_group, rest_group in ((_EXPERT, 2, 3), (_GROUPED_EXPERT, 3, 2)):
             match = pattern.match(local_name)
             if match:
                 index = int(match.group(index_group))
