@@ -1,8 +1,9 @@
-"""ROLL's Hugging Face model implementations and the per-strategy ``model_providers`` registry.
+"""ROLL's model providers: how every training and inference strategy gets its model, tokenizer
+and processor (``roll_models.model_providers``), and, as they land, HF implementations of
+families transformers does not ship.
 
-The families supported today are those transformers implements itself (llama, mistral, qwen2,
-qwen3); they need no code here. Custom ``PreTrainedModel`` classes and the providers registry
-join this package as the issues that need them land.
+Importing the package imports neither megatron-core nor DeepSpeed: each strategy's provider
+imports its backend when it runs.
 """
 
 __version__ = "0.1.0"

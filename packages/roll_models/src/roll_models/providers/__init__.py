@@ -1,0 +1,1 @@
+"""One module per backend; each imports its heavy dependency only when a provider runs."""

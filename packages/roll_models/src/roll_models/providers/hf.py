@@ -1,0 +1,55 @@
+"""``hf_infer``: the transformers model of a checkpoint, for inference (a reference model)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ..model_providers import ModelArgs, ProviderError, load_config
+
+
+def attn_implementation(requested: str | None) -> str:
+    """``flash_attention_2`` when flash-attn is importable, else ``sdpa``: transformers raises,
+    rather than falls back, when asked for flash attention it does not have."""
+    if requested is not None:
+        if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ProviderError(
+                "attn_implementation='flash_attention_2' needs flash-attn, which is not installed"
+            )
+        return requested
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def auto_class(config: Any):
+    """The Auto class that builds this config's model: image-text-to-text for a
+    vision-language config, causal LM otherwise."""
+    import transformers
+
+    if getattr(config, "vision_config", None) is not None:
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM
+
+
+def torch_dtype(name: Any):
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ProviderError(f"dtype {name!r} is not a torch dtype (e.g. 'bfloat16', 'float32')")
+    return dtype
+
+
+def hf_infer(model_args: ModelArgs, is_trainable: bool = False):
+    if is_trainable:
+        raise ProviderError("hf_infer provides models for inference; train with a *_train strategy")
+    config = load_config(model_args.model_name_or_path)
+    model = auto_class(config).from_pretrained(
+        model_args.model_name_or_path,
+        dtype=torch_dtype(model_args.dtype),
+        attn_implementation=attn_implementation(model_args.attn_implementation),
+        **model_args.extra,
+    )
+    model.eval().requires_grad_(False)
+    return model

@@ -1,0 +1,39 @@
+"""``megatron_train`` / ``megatron_infer``: mcore_adapter's Megatron-Core model of a checkpoint
+(HF or MCA) in the job's parallel layout, trainable or frozen."""
+
+from __future__ import annotations
+
+from ..model_providers import ModelArgs
+from .hf import torch_dtype
+
+_LAYOUT_KEYS = ("tp", "pp", "vpp", "ep", "etp")
+
+
+def _build(model_args: ModelArgs):
+    from mcore_adapter import AutoModel
+    from mcore_adapter.parallel import initialize_model_parallel
+
+    from ..model_providers import ProviderError
+
+    unknown = set(model_args.layout) - set(_LAYOUT_KEYS)
+    if unknown:
+        raise ProviderError(
+            f"layout keys {sorted(unknown)} are not Megatron's: use {', '.join(_LAYOUT_KEYS)}"
+        )
+    layout = {k: v for k, v in model_args.layout.items() if v is not None}
+    initialize_model_parallel(**layout)  # keeps a layout the job already initialized
+    return AutoModel.from_pretrained(
+        model_args.model_name_or_path, dtype=torch_dtype(model_args.dtype), **model_args.extra
+    )
+
+
+def megatron_train(model_args: ModelArgs, is_trainable: bool = True):
+    model = _build(model_args)
+    model.train()
+    return model
+
+
+def megatron_infer(model_args: ModelArgs, is_trainable: bool = False):
+    model = _build(model_args)
+    model.eval().requires_grad_(False)
+    return model
