@@ -74,6 +74,20 @@ def test_hf_infer_and_megatron_infer_agree(model_type, megatron, tiny_checkpoint
     assert (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("head", ["value", "reward"])
+def test_value_and_reward_heads_agree_between_hf_and_megatron(head, megatron, tiny_checkpoint, tmp_path):
+    from mcore_adapter.testing import make_tiny_head_checkpoint
+
+    path = make_tiny_head_checkpoint(tiny_checkpoint("llama"), head, tmp_path / head)
+    hf = default_model_provider("hf_infer", _args(path, head=head))
+    mca = default_model_provider("megatron_infer", _args(path, head=head))
+    tokens = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    tokens[0, :4] = 0  # left-padded (pad_token_id 0)
+    assert (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item() <= TOL
+    with pytest.raises(ProviderError, match=f"holds a {head!r} model, 'lm' was asked for"):
+        default_model_provider("megatron_infer", _args(path))
+
+
 def _outside_classes():
     """A model implementation defined outside the package: a llama under its own model_type."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -31,12 +31,15 @@ class ProviderError(ValueError):
 class ModelArgs:
     """What a strategy needs to know to build a model.
 
-    ``dtype`` is the parameters' dtype; ``attn_implementation`` is transformers' (None: the
+    ``head`` is the model's output: the language model's logits, or a 1-wide value or reward
+    head (transformers' token / sequence classification with one label); ``dtype`` is the
+    parameters' dtype; ``attn_implementation`` is transformers' (None: the
     fastest one available here); ``layout`` is the Megatron parallel layout (``tp``, ``pp``,
     ``vpp``, ``ep``, ``etp``) of the megatron strategies.
     """
 
     model_name_or_path: str
+    head: str = "lm"  # "lm"; "value" (per-token value, a critic) or "reward" (per-sequence score)
     dtype: str = "bfloat16"
     attn_implementation: str | None = None
     layout: dict[str, int | None] = field(default_factory=dict)

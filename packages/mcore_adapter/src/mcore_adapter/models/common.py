@@ -65,7 +65,10 @@ def global_ops() -> list[ConverOp]:
     return [
         RenameConverOp("model.embed_tokens.weight", "embedding.word_embeddings.weight"),
         RenameConverOp("model.norm.weight", "decoder.final_layernorm.weight"),
-        RenameConverOp("lm_head.weight", "output_layer.weight"),
+        RenameConverOp("lm_head.weight", "output_layer.weight").only(unless_config="output_head"),
+        # Value (token classification) and reward (sequence classification) models: a 1-wide head.
+        RenameConverOp("score.weight", "output_layer.weight").only(if_config="output_head"),
+        RenameConverOp("score.bias", "output_layer.bias").only(if_config="output_head_bias"),
     ]
 
 

@@ -85,6 +85,22 @@ def te_names(layer) -> dict[str, str]:
     return names
 
 
+class ScalarHead(torch.nn.Module):
+    """The 1-wide output layer of a value or reward model, in place of the vocab-parallel one:
+    replicated on every tensor-parallel rank (the hidden states reaching it are whole), called
+    as Megatron calls its output layer."""
+
+    def __init__(self, config: McaModelConfig):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(1, config.hidden_size, dtype=config.params_dtype))
+        config.init_method(self.weight)
+        bias = torch.zeros(1, dtype=config.params_dtype) if config.output_head_bias else None
+        self.bias = None if bias is None else torch.nn.Parameter(bias)
+
+    def forward(self, hidden_states: torch.Tensor, weight=None, runtime_gather_output=None):
+        return torch.nn.functional.linear(hidden_states, self.weight, self.bias), None
+
+
 class McaGPTModel(GPTModel):
     config_class = McaModelConfig
 
@@ -122,6 +138,8 @@ class McaGPTModel(GPTModel):
         )
         if config.rope_scaling and config.position_embedding_type == "rope":
             self._apply_rope_scaling()
+        if config.output_head and self.post_process:
+            self.output_layer = ScalarHead(config)
 
     def _apply_rope_scaling(self) -> None:
         # Megatron's RotaryEmbedding takes only the factor and fixes low/high freq factors and
@@ -154,7 +172,21 @@ class McaGPTModel(GPTModel):
             position_ids = torch.arange(seq_len, device=input_ids.device).unsqueeze(0).expand_as(input_ids)
         if attention_mask is None and not platform.has_cuda():
             attention_mask = platform.causal_attention_mask(seq_len, input_ids.device)
-        return super().forward(input_ids, position_ids, attention_mask, **kwargs)
+        out = super().forward(input_ids, position_ids, attention_mask, **kwargs)
+        if self.config.output_head == "reward" and self.post_process and kwargs.get("labels") is None:
+            return self.sequence_scores(out, input_ids)
+        return out
+
+    def sequence_scores(self, scores: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """A reward model's score of each sequence, ``[batch, 1]``: its last non-pad token's, as
+        transformers' sequence classification reads it (left or right padding alike)."""
+        pad = (self.config.hf_config or {}).get("pad_token_id")
+        if pad is None:
+            last = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            last = (positions * (input_ids != pad)).argmax(-1)
+        return scores[torch.arange(scores.shape[0], device=scores.device), last]
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         # megatron-core 0.16.1 runs the multi-token-prediction layers whenever they exist and

@@ -54,6 +54,9 @@ class McaModelConfig(MLATransformerConfig):
     hf_weight_dtype: str = "float32"
     # How the HF checkpoint stored its experts ("per_expert" or "fused"): an export writes the same.
     hf_expert_layout: str = "per_expert"
+    # A value ("value": per token) or reward ("reward": per sequence) model: a 1-wide output head.
+    output_head: str | None = None
+    output_head_bias: bool = False
 
     def __post_init__(self):
         if self.swiglu:

@@ -273,3 +273,33 @@ def save_with_fused_experts(hf_dir: str | os.PathLike, path: str | os.PathLike) 
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     return path
+
+
+HEAD_AUTO_CLASSES = {
+    "value": "AutoModelForTokenClassification",
+    "reward": "AutoModelForSequenceClassification",
+}
+
+
+def make_tiny_head_checkpoint(
+    lm_dir: str | os.PathLike,
+    head: str,
+    path: str | os.PathLike,
+    seed: int = 1,
+    std: float = 0.3,
+    pad_token_id: int = 0,
+) -> Path:
+    """A value (token classification) or reward (sequence classification) model with one label
+    on the decoder of the tiny LM at ``lm_dir``, its head drawn with ``std``, as transformers
+    saves it; ``pad_token_id`` is what the reward model pools by."""
+    import transformers
+
+    auto = getattr(transformers, HEAD_AUTO_CLASSES[head])
+    model = auto.from_pretrained(lm_dir, num_labels=1, pad_token_id=pad_token_id, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("score."):
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    model.save_pretrained(path)
+    return Path(path)

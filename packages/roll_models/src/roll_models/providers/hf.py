@@ -20,11 +20,18 @@ def attn_implementation(requested: str | None) -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
-def auto_class(config: Any):
-    """The Auto class that builds this config's model: image-text-to-text for a
-    vision-language config, causal LM otherwise."""
+HEADS = {"value": "AutoModelForTokenClassification", "reward": "AutoModelForSequenceClassification"}
+
+
+def auto_class(config: Any, head: str = "lm"):
+    """The Auto class that builds this config's model: a value or reward head's class, else
+    image-text-to-text for a vision-language config, causal LM otherwise."""
     import transformers
 
+    if head != "lm":
+        if head not in HEADS:
+            raise ProviderError(f"head {head!r} is not one of 'lm', {', '.join(map(repr, HEADS))}")
+        return getattr(transformers, HEADS[head])
     if getattr(config, "vision_config", None) is not None:
         return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM
@@ -45,8 +52,10 @@ def hf_infer(model_args: ModelArgs, is_trainable: bool = False):
     if is_trainable:
         raise ProviderError("hf_infer provides models for inference; train with a *_train strategy")
     config = load_config(model_args.model_name_or_path)
-    model = auto_class(config).from_pretrained(
+    extra = {"num_labels": 1} if model_args.head != "lm" else {}
+    model = auto_class(config, model_args.head).from_pretrained(
         model_args.model_name_or_path,
+        **extra,
         dtype=torch_dtype(model_args.dtype),
         attn_implementation=attn_implementation(model_args.attn_implementation),
         **model_args.extra,

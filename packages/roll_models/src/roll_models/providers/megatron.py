@@ -22,9 +22,17 @@ def _build(model_args: ModelArgs):
         )
     layout = {k: v for k, v in model_args.layout.items() if v is not None}
     initialize_model_parallel(**layout)  # keeps a layout the job already initialized
-    return AutoModel.from_pretrained(
+    model = AutoModel.from_pretrained(
         model_args.model_name_or_path, dtype=torch_dtype(model_args.dtype), **model_args.extra
     )
+    head = model.config.output_head or "lm"
+    if head != model_args.head:
+        raise ProviderError(
+            f"{model_args.model_name_or_path} holds a {head!r} model, {model_args.head!r} was asked for; on "
+            "Megatron a value or reward model loads from a checkpoint with that head (transformers' "
+            "token or sequence classification with one label)"
+        )
+    return model
 
 
 def megatron_train(model_args: ModelArgs, is_trainable: bool = True):

@@ -37,7 +37,8 @@ COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", 
 # Layer-relative names start with "."; others are global.
 TP_RULES: dict[str, str] = {
     "embedding.word_embeddings.weight": VOCAB,
-    MCA_OUTPUT_LAYER: VOCAB,
+    MCA_OUTPUT_LAYER: VOCAB,  # a value or reward model's 1-wide head: replicated (see rule)
+    "output_layer.bias": REPLICATED,
     "decoder.final_layernorm.weight": REPLICATED,
     ".input_layernorm.weight": REPLICATED,
     ".self_attention.linear_qkv.layer_norm_weight": REPLICATED,
@@ -108,6 +109,7 @@ class DistConverter:
         # Megatron's two expert modules name their weights differently; the config picks one.
         self.grouped_gemm = bool(mca_kwargs.get("moe_grouped_gemm"))
         self.mtp = bool(mca_kwargs.get("mtp_num_layers"))
+        self.output_head = mca_kwargs.get("output_head")
         self.gated = bool(mca_kwargs.get("swiglu") or mca_kwargs.get("gated_linear_unit"))
         self.tied = bool(mca_kwargs.get("tie_embeddings_and_output_weights"))
         self.vocab_size = int(mca_kwargs.get("vocab_size") or mca_kwargs["padded_vocab_size"])
@@ -208,6 +210,8 @@ class DistConverter:
         rest = Template.layer_relative(name) or name
         pattern = expert_pattern(rest)[0]
         rule = self.rule_overrides.get(pattern) or TP_RULES.get(pattern)
+        if name == MCA_OUTPUT_LAYER and self.output_head:
+            rule = REPLICATED
         if rule is None:
             if name.startswith(REPLICATED_PREFIXES):
                 return REPLICATED

@@ -63,6 +63,9 @@ DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "ffn": _ffn,
     "vocab": lambda c: int(c.get("vocab_size") or c["padded_vocab_size"]),
     "experts": lambda c: int(c["num_moe_experts"]),
+    "output_rows": lambda c: (
+        1 if c.get("output_head") else int(c.get("vocab_size") or c["padded_vocab_size"])
+    ),
     "two_hidden": lambda c: 2 * int(c["hidden_size"]),
     "moe_ffn": _moe_ffn,
     "moe_fc1_rows": lambda c: _moe_ffn(c) * (2 if _gated(c) else 1),
@@ -76,7 +79,8 @@ DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
 # Canonical (whole, unpadded) Megatron weights; layer-relative names start with ".".
 MCA_SHAPES: dict[str, tuple[str | int, ...]] = {
     "embedding.word_embeddings.weight": ("vocab", "hidden_size"),
-    MCA_OUTPUT_LAYER: ("vocab", "hidden_size"),
+    MCA_OUTPUT_LAYER: ("output_rows", "hidden_size"),
+    "output_layer.bias": ("output_rows",),
     "decoder.final_layernorm.weight": ("hidden_size",),
     ".self_attention.linear_qkv.layer_norm_weight": ("hidden_size",),
     ".self_attention.linear_qkv.weight": ("qkv_rows", "hidden_size"),

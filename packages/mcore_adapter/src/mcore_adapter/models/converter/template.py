@@ -121,7 +121,13 @@ ARCH_FIELDS = (
     "padded_vocab_size",
     "make_vocab_size_divisible_by",
     "mtp_num_layers",
+    "output_head",
+    "output_head_bias",
 )
+
+# HF architectures with a 1-wide head instead of the LM head: the head Megatron builds
+# (``output_head``; see McaGPTModel) and whether transformers gives it a bias.
+OUTPUT_HEADS = {"ForTokenClassification": ("value", True), "ForSequenceClassification": ("reward", False)}
 
 # Megatron fields whose None is a setting (no window, no low-rank q projection), kept when an
 # HF config states null; other None values mean "Megatron's default" and are left out.
@@ -145,6 +151,16 @@ ROPE_MCA_FIELDS = ("rope_scaling", *LLAMA3_ROPE_HF_TO_MCA.values())
 # Megatron's experts of one layer (SequentialMLP names, global expert index): what templates
 # produce; the per-rank files hold local indices (see dist_converter).
 MCA_EXPERT_PREFIX = ".mlp.experts.local_experts.{}."
+
+
+def output_head(hf_config: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """(head, bias) of a value or reward model's HF config (by its architecture); ``None`` for a
+    language model."""
+    for architecture in hf_config.get("architectures") or ():
+        for suffix, head in OUTPUT_HEADS.items():
+            if architecture.endswith(suffix):
+                return head
+    return None
 
 
 def layer_kinds(config: Any) -> list[str]:
@@ -318,6 +334,18 @@ class Template:
                 kwargs[mca_field] = value
         kwargs.update(self.rope_kwargs(hf))
         kwargs.update(self.constant_mca_config)
+        head = output_head(hf)
+        if head is not None:
+            labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 1)
+            if labels != 1:
+                raise ConversionError(
+                    f"{hf['architectures'][0]} with {labels} labels: value and reward models convert "
+                    "with a 1-wide head (num_labels=1)"
+                )
+            # The head is its own weight, never tied to the embedding.
+            kwargs.update(
+                output_head=head[0], output_head_bias=head[1], tie_embeddings_and_output_weights=False
+            )
         kwargs["hf_model_type"] = self.hf_model_type
         return kwargs
 
@@ -368,7 +396,12 @@ class Template:
         if self.hf_architecture is None:
             missing.append("architectures (the template names no hf_architecture)")
         else:
-            out["architectures"] = [self.hf_architecture]
+            suffix = next(
+                (s for s, (h, _) in OUTPUT_HEADS.items() if h == mca_kwargs.get("output_head")), None
+            )
+            out["architectures"] = [self.hf_architecture.replace("ForCausalLM", suffix or "ForCausalLM")]
+            if suffix is not None:
+                out["id2label"] = {"0": "LABEL_0"}
         for hf_path, mca_field in self.config_hf_to_mca.items():
             if mca_field in mca_kwargs:
                 _set_path(out, hf_path, as_json(mca_kwargs[mca_field]))
