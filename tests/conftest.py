@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import roll_models  # noqa: F401  (registers our HF implementations, e.g. InternLM2, with transformers)
+
 
 @pytest.fixture(scope="session")
 def megatron():

@@ -130,7 +130,7 @@ def test_unknown_model_type_is_a_clear_error(tiny_checkpoint, tmp_path):
     (src / "config.json").write_text(json.dumps({**config, "model_type": "mamba_lite"}))
     with pytest.raises(
         KeyError,
-        match="no conversion template for model_type 'mamba_lite'; supported: deepseek_v3, glm4_moe, llama",
+        match="no conversion template for model_type 'mamba_lite'; supported: deepseek_v3, glm4_moe, internlm2, llama",
     ):
         convert_hf_to_mca(src, tmp_path / "dst", progress=False)
 

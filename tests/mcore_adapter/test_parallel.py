@@ -145,6 +145,7 @@ def _case(work: Path, case_id: str, model_type: str, tie: bool, name: str, hf_di
         "hf_dir": str(hf_dir),
         "torch_dir": str(torch_dir),
         "torch_dist_reload_layout": reload,
+        "imports": ["roll_models"],  # the ranks' transformers must know roll_models' InternLM2
     }
 
 

@@ -4,6 +4,7 @@ with q/k/v split and other names) on the same weights, loaded from a hub-layout 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -134,3 +135,69 @@ def test_hub_checkpoint_with_auto_map_loads_without_remote_code(tmp_path):
         assert (provided(tokens).logits - model(tokens).logits).abs().max().item() <= TOL
     generated = provided.generate(tokens[:, :5], max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 9)
+
+
+# ---------------------------------------------------------------------- on Megatron-Core
+def _checkpoint(path, rope_scaling=None):
+    model = _tiny(rope_scaling)
+    model.save_pretrained(path)
+    return path
+
+
+def test_megatron_matches_with_linear_rope_and_refuses_dynamic_ntk(megatron, tmp_path):
+    """The template maps linear scaling to Megatron's seq_len_interpolation_factor; dynamic NTK,
+    which Megatron-Core cannot compute, is refused with the reason."""
+    from mcore_adapter import AutoModel
+    from mcore_adapter.models.converter.errors import ConversionError
+
+    path = _checkpoint(tmp_path / "linear", {"type": "linear", "factor": 2.0})
+    model = AutoModel.from_pretrained(path).eval()
+    assert model.config.seq_len_interpolation_factor == 2.0
+    tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (model(tokens) - _tiny({"type": "linear", "factor": 2.0})(tokens).logits).abs().max().item()
+    assert diff <= TOL
+    dynamic = _checkpoint(tmp_path / "dynamic", {"type": "dynamic", "factor": 2.0})
+    with pytest.raises(ConversionError, match="dynamic NTK scaling rescales the rope"):
+        AutoModel.from_pretrained(dynamic)
+
+
+def test_megatron_parity_notices_an_ungrouped_wqkv(megatron, tmp_path, monkeypatch):
+    """Control for the template: reading wqkv as [all q; all k; all v] moves the logits."""
+    from mcore_adapter import AutoModel
+    from mcore_adapter.models.converter import template as template_module
+    from mcore_adapter.models.converter.ops import QKVConverOp, RenameConverOp
+    from mcore_adapter.models.converter.template import get_template
+
+    class Ungrouped(QKVConverOp):  # one HF tensor, split whole into q, k, v, then grouped
+        hf_arity = 1
+
+        def _hf_to_mca(self, tensors):
+            heads, groups, d = self._dims()
+            q, k, v = tensors[0].split([heads * d, groups * d, groups * d])
+            tail = q.shape[1:]
+            parts = [q.reshape(groups, heads // groups * d, *tail), k.reshape(groups, d, *tail)]
+            return torch.cat([*parts, v.reshape(groups, d, *tail)], dim=1).reshape(-1, *tail)
+
+        def _mca_to_hf(self, tensors):
+            return torch.cat(super()._mca_to_hf(tensors))
+
+    original = get_template("internlm2")
+    ops = [
+        Ungrouped(op.hf_names, op.mca_names) if op.hf_names == [".attention.wqkv.weight"] else op
+        for op in original.weight_converters
+    ]
+    assert any(isinstance(op, Ungrouped) for op in ops) and not any(
+        isinstance(op, RenameConverOp) and op.hf_names == [".attention.wqkv.weight"] for op in ops
+    )
+    broken = dataclasses.replace(original, weight_converters=ops)
+    path = _checkpoint(tmp_path / "hf")
+    tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    expected = _tiny()(tokens).logits.detach()
+    good = AutoModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        assert (good(tokens) - expected).abs().max().item() <= TOL
+    monkeypatch.setitem(template_module._TEMPLATES, "internlm2", broken)
+    with torch.no_grad():
+        diff = (AutoModel.from_pretrained(path).eval()(tokens) - expected).abs().max().item()
+    assert diff > 1.0, diff

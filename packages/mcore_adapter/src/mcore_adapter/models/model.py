@@ -134,6 +134,7 @@ class McaGPTModel(GPTModel):
             rotary_base=config.rotary_base,
             rope_scaling=config.rope_scaling,
             rope_scaling_factor=config.rope_scaling_factor,
+            seq_len_interpolation_factor=config.seq_len_interpolation_factor,
             vp_stage=vp_stage,
         )
         if config.rope_scaling and config.position_embedding_type == "rope":

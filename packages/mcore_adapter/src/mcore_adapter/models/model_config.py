@@ -46,6 +46,8 @@ class McaModelConfig(MLATransformerConfig):
     rope_scaling_low_freq_factor: float = 1.0
     rope_scaling_high_freq_factor: float = 4.0
     rope_scaling_original_max_position_embeddings: int = 8192
+    # Linear rope scaling (positions divided by the factor), as GPTModel takes it.
+    seq_len_interpolation_factor: float | None = None
     tie_embeddings_and_output_weights: bool = False
     swiglu: bool = False
     # HF semantics: attend to the last `sliding_window` tokens (Megatron: window_size=(w-1, 0)).

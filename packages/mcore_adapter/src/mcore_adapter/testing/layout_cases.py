@@ -65,8 +65,13 @@ def _diffs(models: Any, others: list[Any], hf_dir: str, vision: bool = False) ->
 
 
 def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    import importlib
+
     from .. import AutoModel
     from ..models.converter.hf_io import HFCheckpoint
+
+    for module in case.get("imports", ()):  # e.g. a package registering HF implementations
+        importlib.import_module(module)
 
     hf_dir = case["hf_dir"]
     uneven = _init(case["layout"])

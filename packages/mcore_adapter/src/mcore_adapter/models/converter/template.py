@@ -80,6 +80,7 @@ _BUILTIN_FAMILIES = (
     "mixtral",
     "deepseek_v3",
     "glm4_moe",
+    "internlm2",
 )
 _TEMPLATES: dict[str, Template] = {}
 _builtins_loaded = False
