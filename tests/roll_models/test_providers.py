@@ -125,7 +125,7 @@ def test_a_model_registered_from_outside_is_found_by_every_strategy(megatron, ti
     hf = default_model_provider("hf_infer", _args(path))
     assert type(hf).__name__ == "OutsideForCausalLM"
     tokens = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(1))
-    for strategy in ("megatron_infer", "megatron_train"):
+    for strategy in ("deepspeed_infer", "megatron_infer", "megatron_train"):
         model = default_model_provider(strategy, _args(path), is_trainable=strategy.endswith("train"))
         model.eval()
         assert (_logits(hf, tokens) - _logits(model, tokens)).abs().max().item() <= TOL

@@ -1,6 +1,7 @@
 """How every training and inference strategy gets its model, tokenizer and processor.
 
-A strategy (``hf_infer``, ``megatron_train``, ``megatron_infer``; users add their own or
+A strategy (``hf_infer``, ``deepspeed_train``, ``deepspeed_infer``, ``megatron_train``,
+``megatron_infer``; users add their own or
 replace one with ``register_model_provider``) maps ``ModelArgs`` to a ready model. Providers
 live in ``roll_models.providers.<backend>`` and are imported when first asked for, so that
 ``import roll_models`` costs no megatron (or DeepSpeed) import. ``register_model`` adds a model
@@ -18,6 +19,8 @@ from typing import Any
 # strategy -> provider, or "module:function" until first use.
 _PROVIDERS: dict[str, Callable[..., Any] | str] = {
     "hf_infer": "roll_models.providers.hf:hf_infer",
+    "deepspeed_train": "roll_models.providers.deepspeed:deepspeed_train",
+    "deepspeed_infer": "roll_models.providers.deepspeed:deepspeed_infer",
     "megatron_train": "roll_models.providers.megatron:megatron_train",
     "megatron_infer": "roll_models.providers.megatron:megatron_infer",
 }
@@ -35,7 +38,8 @@ class ModelArgs:
     head (transformers' token / sequence classification with one label); ``dtype`` is the
     parameters' dtype; ``attn_implementation`` is transformers' (None: the
     fastest one available here); ``layout`` is the Megatron parallel layout (``tp``, ``pp``,
-    ``vpp``, ``ep``, ``etp``) of the megatron strategies.
+    ``vpp``, ``ep``, ``etp``) of the megatron strategies; ``deepspeed``, ``optimizer``,
+    ``gradient_checkpointing`` and ``lora`` configure the deepspeed strategies.
     """
 
     model_name_or_path: str
@@ -43,6 +47,10 @@ class ModelArgs:
     dtype: str = "bfloat16"
     attn_implementation: str | None = None
     layout: dict[str, int | None] = field(default_factory=dict)
+    deepspeed: dict[str, Any] | None = None  # DeepSpeed config (ZeRO stage...) of the deepspeed strategies
+    optimizer: Callable[[list], Any] | None = None  # deepspeed_train: a torch optimizer of the parameters
+    gradient_checkpointing: bool = False
+    lora: dict[str, Any] | None = None  # peft.LoraConfig arguments: train LoRA adapters only
     extra: dict[str, Any] = field(default_factory=dict)  # passed on to the backend's from_pretrained
 
 
