@@ -43,6 +43,30 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 LAYOUT_RESULTS = Path(__file__).resolve().parents[1] / "build" / "test-results" / "layouts.json"
+STRATEGY_RESULTS = LAYOUT_RESULTS.with_name("strategies.json")
+
+
+@pytest.fixture(scope="session")
+def record_strategy():
+    """``record_strategy(model_type, strategy, note, passed)``: what a provider test measured,
+    for the README's strategy matrix (tools/support_matrix.py); notes of one cell are joined."""
+    results: dict[str, dict] = {}
+
+    def record(model_type: str, strategy: str, note: str, passed: bool) -> None:
+        cell = results.setdefault(
+            f"{model_type}-{strategy}",
+            {"model_type": model_type, "strategy": strategy, "notes": [], "passed": True},
+        )
+        if note not in cell["notes"]:
+            cell["notes"].append(note)
+        cell["passed"] = cell["passed"] and passed
+
+    yield record
+    if results:
+        STRATEGY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        table = json.loads(STRATEGY_RESULTS.read_text()) if STRATEGY_RESULTS.exists() else {}
+        table.update(results)
+        STRATEGY_RESULTS.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="session")

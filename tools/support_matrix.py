@@ -23,7 +23,27 @@ README = ROOT / "README.md"
 MARKERS = {
     "dense": ("<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"),
     "moe": ("<!-- moe-matrix:begin -->", "<!-- moe-matrix:end -->"),
+    "strategies": ("<!-- strategy-matrix:begin -->", "<!-- strategy-matrix:end -->"),
 }
+STRATEGY_RESULTS = RESULTS.with_name("strategies.json")
+STRATEGIES = ["hf_infer", "deepspeed_infer", "deepspeed_train", "megatron_infer", "megatron_train"]
+
+
+def render_strategies(results: dict[str, dict]) -> str:
+    """model_type x strategy: what the provider tests did with each (roll_models)."""
+    lines = ["| model_type | " + " | ".join(STRATEGIES) + " |", "| --- |" + " --- |" * len(STRATEGIES)]
+    for model_type in sorted({r["model_type"] for r in results.values()}):
+        cells = []
+        for strategy in STRATEGIES:
+            cell = results.get(f"{model_type}-{strategy}")
+            if cell is None:
+                cells.append("-")
+            else:
+                cells.append(("✓ " if cell["passed"] else "✗ ") + "; ".join(cell["notes"]))
+        lines.append(f"| `{model_type}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # Column order; layouts the tests did not run for any model are left out.
 LAYOUTS = ["TP1", "TP2", "PP2", "VPP2", "TP2xPP2", "TP4", "PP4", "TP2xPP2 uneven", "TP2xPP2xVPP2"]
 MOE_LAYOUTS = ["TP1", "TP2", "EP2", "TP2xEP2", "TP2xEP2 ETP1", "TP2 ETP1", "PP2", "PP2xEP2", "TP2xPP2"]
@@ -104,7 +124,12 @@ def main() -> int:
         print(f"{RESULTS} does not exist: run the tests first (uv run pytest)", file=sys.stderr)
         return 2
     results = json.loads(RESULTS.read_text())
-    tables = {"dense": render(results), "moe": render_moe(results)}
+    strategies = json.loads(STRATEGY_RESULTS.read_text()) if STRATEGY_RESULTS.exists() else {}
+    tables = {
+        "dense": render(results),
+        "moe": render_moe(results),
+        "strategies": render_strategies(strategies),
+    }
     text = README.read_text()
     updated = text
     for kind, (begin, end) in MARKERS.items():

@@ -36,7 +36,9 @@ def _tokens(seed=0):
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_deepspeed_train_lowers_the_loss_at_every_zero_stage(stage, process_group, tiny_checkpoint):
+def test_deepspeed_train_lowers_the_loss_at_every_zero_stage(
+    stage, process_group, tiny_checkpoint, record_strategy
+):
     import deepspeed
 
     engine = default_model_provider(
@@ -49,6 +51,7 @@ def test_deepspeed_train_lowers_the_loss_at_every_zero_stage(stage, process_grou
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
+    record_strategy("llama", "deepspeed_train", f"ZeRO {stage}", losses[2] < losses[1] < losses[0])
     assert losses[2] < losses[1] < losses[0], losses
     if stage == 3:  # the partitioned model, gathered back, is the trained model
         from transformers import AutoModelForCausalLM
@@ -67,17 +70,21 @@ def test_deepspeed_train_lowers_the_loss_at_every_zero_stage(stage, process_grou
 
 
 @pytest.mark.parametrize("stage", [0, 3])
-def test_deepspeed_infer_equals_hf_infer(stage, process_group, tiny_checkpoint):
+def test_deepspeed_infer_equals_hf_infer(stage, process_group, tiny_checkpoint, record_strategy):
     path = tiny_checkpoint("qwen3")
     engine = default_model_provider("deepspeed_infer", _args(path, stage, optimizer=None))
     hf = default_model_provider(
         "hf_infer", ModelArgs(str(path), dtype="float32", attn_implementation="eager")
     )
     with torch.no_grad():
-        assert (engine(_tokens()).logits - hf(_tokens()).logits).abs().max().item() <= TOL
+        diff = (engine(_tokens()).logits - hf(_tokens()).logits).abs().max().item()
+    record_strategy("qwen3", "deepspeed_infer", f"ZeRO {stage} = hf_infer {diff:.1e}", diff <= TOL)
+    assert diff <= TOL
 
 
-def test_lora_with_gradient_checkpointing_trains_only_the_adapters(process_group, tiny_checkpoint):
+def test_lora_with_gradient_checkpointing_trains_only_the_adapters(
+    process_group, tiny_checkpoint, record_strategy
+):
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     args = _args(tiny_checkpoint("llama"), 0, lora=lora, gradient_checkpointing=True)
     engine = default_model_provider("deepspeed_train", args, is_trainable=True)
@@ -91,6 +98,8 @@ def test_lora_with_gradient_checkpointing_trains_only_the_adapters(process_group
         engine.backward(loss)
         engine.step()
     changed = {n for n, p in engine.module.named_parameters() if not torch.equal(p, before[n])}
+    adapters_only = bool(changed) and all("lora_B" in n or "lora_A" in n for n in changed)
+    record_strategy("llama", "deepspeed_train", "LoRA with gradient checkpointing", adapters_only)
     assert changed and all("lora_B" in n or "lora_A" in n for n in changed), sorted(changed)[:5]
 
 

@@ -64,18 +64,23 @@ def test_processor_is_none_for_text_and_an_error_when_a_vlm_processor_is_broken(
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3_moe"])
-def test_hf_infer_and_megatron_infer_agree(model_type, megatron, tiny_checkpoint):
+def test_hf_infer_and_megatron_infer_agree(model_type, megatron, tiny_checkpoint, record_strategy):
     path = tiny_checkpoint(model_type)
     hf = default_model_provider("hf_infer", _args(path))
     mca = default_model_provider("megatron_infer", _args(path))
     assert not any(p.requires_grad for p in hf.parameters())
     assert not any(p.requires_grad for p in mca.parameters())
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item() <= TOL
+    diff = (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item()
+    record_strategy(model_type, "hf_infer", f"= megatron_infer {diff:.1e}", diff <= TOL)
+    record_strategy(model_type, "megatron_infer", f"= hf_infer {diff:.1e}", diff <= TOL)
+    assert diff <= TOL
 
 
 @pytest.mark.parametrize("head", ["value", "reward"])
-def test_value_and_reward_heads_agree_between_hf_and_megatron(head, megatron, tiny_checkpoint, tmp_path):
+def test_value_and_reward_heads_agree_between_hf_and_megatron(
+    head, megatron, tiny_checkpoint, tmp_path, record_strategy
+):
     from mcore_adapter.testing import make_tiny_head_checkpoint
 
     path = make_tiny_head_checkpoint(tiny_checkpoint("llama"), head, tmp_path / head)
@@ -83,7 +88,10 @@ def test_value_and_reward_heads_agree_between_hf_and_megatron(head, megatron, ti
     mca = default_model_provider("megatron_infer", _args(path, head=head))
     tokens = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     tokens[0, :4] = 0  # left-padded (pad_token_id 0)
-    assert (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item() <= TOL
+    diff = (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item()
+    for strategy in ("hf_infer", "megatron_infer"):
+        record_strategy("llama", strategy, f"{head} head {diff:.1e}", diff <= TOL)
+    assert diff <= TOL
     with pytest.raises(ProviderError, match=f"holds a {head!r} model, 'lm' was asked for"):
         default_model_provider("megatron_infer", _args(path))
 
@@ -200,9 +208,12 @@ def _train_and_export(hf_dir: str, out: str) -> tuple[float, float]:
 
 
 @pytest.mark.distributed
-def test_megatron_train_steps_at_tp2_and_exports_what_it_trained(tiny_checkpoint, tmp_path):
+def test_megatron_train_steps_at_tp2_and_exports_what_it_trained(tiny_checkpoint, tmp_path, record_strategy):
     from mcore_adapter.launch import launch
 
     diff, moved = launch(_train_and_export, 2, str(tiny_checkpoint("llama")), str(tmp_path / "hf"))[0]
+    record_strategy(
+        "llama", "megatron_train", f"TP2 step, export = model {diff:.1e}", moved > 1e-3 and diff <= TOL
+    )
     assert moved > 1e-3, "the optimizer step did not change the model"
     assert diff <= TOL
