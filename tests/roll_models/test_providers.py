@@ -56,6 +56,19 @@ def test_tokenizer_pads_on_the_left_with_eos_when_it_has_no_pad_token(tiny_check
     assert batch["input_ids"].tolist() == [[5, 6, 7], [1, 1, 9]]
 
 
+def test_hf_infer_chooses_sdpa_without_flash_attn(tiny_checkpoint):
+    import importlib.util
+
+    from roll_models.providers.hf import attn_implementation
+
+    assert importlib.util.find_spec("flash_attn") is None  # as on these machines
+    assert attn_implementation(None) == "sdpa"
+    model = default_model_provider("hf_infer", ModelArgs(str(tiny_checkpoint("llama")), dtype="float32"))
+    assert model.config._attn_implementation == "sdpa" and not model.training
+    with pytest.raises(ProviderError, match="needs flash-attn"):
+        attn_implementation("flash_attention_2")
+
+
 def test_processor_is_none_for_text_and_an_error_when_a_vlm_processor_is_broken(tiny_checkpoint):
     assert default_processor_provider(str(tiny_checkpoint("llama"))) is None
     # The tiny vision-language checkpoint has no preprocessor files: an error, not a silent None.
@@ -133,8 +146,10 @@ def test_a_model_registered_from_outside_is_found_by_every_strategy(megatron, ti
     hf = default_model_provider("hf_infer", _args(path))
     assert type(hf).__name__ == "OutsideForCausalLM"
     tokens = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(1))
-    for strategy in ("deepspeed_infer", "megatron_infer", "megatron_train"):
-        model = default_model_provider(strategy, _args(path), is_trainable=strategy.endswith("train"))
+    strategies = ("deepspeed_infer", "deepspeed_train", "megatron_infer", "megatron_train")
+    for strategy in strategies:
+        args = _args(path, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+        model = default_model_provider(strategy, args, is_trainable=strategy.endswith("train"))
         model.eval()
         assert (_logits(hf, tokens) - _logits(model, tokens)).abs().max().item() <= TOL
 
