@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from .buffers import Scratch
 from .errors import CheckpointError
@@ -53,10 +52,10 @@ class HFCheckpoint:
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path} is not a directory")
         self.config = read_json(self.path / HF_CONFIG_NAME)
+        self._headers: dict[str, _ShardHeader] = {}
         self.weight_map = self._weight_map()
         self.parts: dict[str, Part] = {}
         self.expert_layout = PER_EXPERT
-        self._headers: dict[str, _ShardHeader] = {}
         if unfold_experts:
             self._unfold_experts()
 
@@ -92,8 +91,7 @@ class HFCheckpoint:
             return weight_map
         single = self.path / SAFE_WEIGHTS_NAME
         if single.exists():
-            with self._open(SAFE_WEIGHTS_NAME) as f:
-                return dict.fromkeys(f.keys(), SAFE_WEIGHTS_NAME)
+            return dict.fromkeys(self._header(SAFE_WEIGHTS_NAME).tensors, SAFE_WEIGHTS_NAME)
         shards = sorted(p.name for p in self.path.glob("*.safetensors"))
         if shards:
             raise CheckpointError(
@@ -107,14 +105,6 @@ class HFCheckpoint:
             "only safetensors checkpoints are supported: re-save the model with "
             "save_pretrained(..., safe_serialization=True)"
         )
-
-    def _open(self, filename: str):
-        try:
-            return safe_open(self.path / filename, framework="pt")
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise CheckpointError(
-                f"cannot read {self.path / filename}: {e}; the shard may be truncated"
-            ) from e
 
     def keys(self) -> list[str]:
         return list(self.weight_map)
