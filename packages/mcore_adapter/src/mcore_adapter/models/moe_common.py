@@ -59,6 +59,12 @@ QWEN_MOE_LAYER_FREQ = DerivedField(
     },
 )
 
+# The derived fields of Qwen's MoE families (Qwen1.5/2-MoE, Qwen3-MoE).
+QWEN_MOE_DERIVED: dict[str, DerivedField] = {
+    "moe_router_pre_softmax": PRE_SOFTMAX_FROM_NORM_TOPK,
+    "moe_layer_freq": QWEN_MOE_LAYER_FREQ,
+}
+
 
 def _first_k_dense(num_layers, first_k_dense_replace) -> int | list[int]:
     k = int(first_k_dense_replace or 0)

@@ -2,7 +2,12 @@
 key/value head, the query heads, then the key, then the value: Megatron's ``linear_qkv`` layout,
 so it converts as it is. The HF implementation is roll_models' (transformers ships none)."""
 
-from ..common import DENSE_CONSTANT_MCA_CONFIG, DENSE_HF_CONFIG_EXPECT, derived_head_dim
+from ..common import (
+    DENSE_CONFIG_HF_TO_MCA,
+    DENSE_CONSTANT_MCA_CONFIG,
+    DENSE_HF_CONFIG_EXPECT,
+    derived_head_dim,
+)
 from ..converter.errors import ConversionError
 from ..converter.ops import RenameConverOp, StackConverOp
 from ..converter.template import Template, register_template
@@ -35,19 +40,8 @@ class InternLM2Template(Template):
 
 register_template(
     "internlm2",
-    config_hf_to_mca={
-        "hidden_size": "hidden_size",
-        "num_hidden_layers": "num_layers",
-        "num_attention_heads": "num_attention_heads",
-        "num_key_value_heads": "num_query_groups",
-        "head_dim": "kv_channels",
-        "intermediate_size": "ffn_hidden_size",
-        "rms_norm_eps": "layernorm_epsilon",
-        "max_position_embeddings": "max_sequence_length",
-        "vocab_size": "vocab_size",
-        "tie_word_embeddings": "tie_embeddings_and_output_weights",
-        "rope_parameters.rope_theta": "rotary_base",
-    },
+    # The dense table but attention_dropout, which hub configs of InternLM2 do not state.
+    config_hf_to_mca={k: v for k, v in DENSE_CONFIG_HF_TO_MCA.items() if k != "attention_dropout"},
     weight_converters=[
         RenameConverOp("model.tok_embeddings.weight", "embedding.word_embeddings.weight"),
         RenameConverOp("model.norm.weight", "decoder.final_layernorm.weight"),

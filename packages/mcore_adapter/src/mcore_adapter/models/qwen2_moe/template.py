@@ -14,8 +14,7 @@ from ..converter.template import register_template
 from ..moe_common import (
     MOE_CONFIG_HF_TO_MCA,
     MOE_CONSTANT_MCA_CONFIG,
-    PRE_SOFTMAX_FROM_NORM_TOPK,
-    QWEN_MOE_LAYER_FREQ,
+    QWEN_MOE_DERIVED,
     dense_mlp_ops,
     expert_layer_ops,
     fused_experts_table,
@@ -60,8 +59,5 @@ register_template(
         norm_topk_prob=False,
     ),
     hf_architecture="Qwen2MoeForCausalLM",
-    config_derived={
-        "moe_router_pre_softmax": PRE_SOFTMAX_FROM_NORM_TOPK,
-        "moe_layer_freq": QWEN_MOE_LAYER_FREQ,
-    },
+    config_derived=QWEN_MOE_DERIVED,
 )
