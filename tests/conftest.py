@@ -46,6 +46,16 @@ LAYOUT_RESULTS = Path(__file__).resolve().parents[1] / "build" / "test-results" 
 STRATEGY_RESULTS = LAYOUT_RESULTS.with_name("strategies.json")
 
 
+def _merge_results(path: Path, results: dict[str, dict]) -> None:
+    """Write a session's results over the earlier runs' in ``path`` (tools/support_matrix.py reads it)."""
+    if not results:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table.update(results)
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+
+
 @pytest.fixture(scope="session")
 def record_strategy():
     """``record_strategy(model_type, strategy, note, passed)``: what a provider test measured,
@@ -62,11 +72,7 @@ def record_strategy():
         cell["passed"] = cell["passed"] and passed
 
     yield record
-    if results:
-        STRATEGY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        table = json.loads(STRATEGY_RESULTS.read_text()) if STRATEGY_RESULTS.exists() else {}
-        table.update(results)
-        STRATEGY_RESULTS.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    _merge_results(STRATEGY_RESULTS, results)
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +94,4 @@ def record_layout():
         }
 
     yield record
-    if results:
-        LAYOUT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        table = json.loads(LAYOUT_RESULTS.read_text()) if LAYOUT_RESULTS.exists() else {}
-        table.update(results)
-        LAYOUT_RESULTS.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    _merge_results(LAYOUT_RESULTS, results)
