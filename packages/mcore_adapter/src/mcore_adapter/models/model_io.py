@@ -288,12 +288,13 @@ def _plan(models: list, conv: DistConverter) -> list[tuple[int, str, torch.Size,
 
 
 def gather_canonical(
-    models: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    models: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES, all_stages: bool = True
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of whole canonical weights, on every rank: tensor-parallel slices are gathered
     over the TP group (an expert's over its expert-TP group), an expert is broadcast from its
     expert-parallel rank, and each weight from its pipeline stage. Collective; a bucket holds
-    about ``bucket_bytes`` (at least one weight), so memory stays at one bucket."""
+    about ``bucket_bytes`` (at least one weight), so memory stays at one bucket. Without
+    ``all_stages`` a weight stays on its own stage: other stages get a meta tensor in its place."""
     conv = dist_converter(models[0].config)
     me = _rank_file(conv)
     pp_group = parallel_state.get_pipeline_model_parallel_group()
@@ -302,9 +303,11 @@ def gather_canonical(
     for owner, name, shape, dtype in _plan(models, conv):
         if owner == me.pp:
             full = _gather_on_stage(conv, me, name, shape, dtype, mine)
-        else:
+        elif all_stages:
             full = torch.empty(shape, dtype=dtype, device=platform.device())
-        if conv.layout.pp > 1:
+        else:
+            full = torch.empty(shape, dtype=dtype, device="meta")
+        if conv.layout.pp > 1 and all_stages:
             dist.broadcast(full, group=pp_group, group_src=owner)
         bucket.append((name, full))
         size += full.numel() * full.element_size()
@@ -338,13 +341,14 @@ def _gather_on_stage(conv: DistConverter, me: RankFile, name: str, shape, dtype,
 
 
 def export_hf_buckets(
-    models: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    models: list, bucket_bytes: int = DEFAULT_BUCKET_BYTES, all_stages: bool = True
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of ``(hf_name, tensor)``: the whole model in HF names on every rank, at most
-    about ``bucket_bytes`` gathered at a time (the unit of a weight sync). Collective."""
+    about ``bucket_bytes`` gathered at a time (the unit of a weight sync). Collective. Without
+    ``all_stages``, another pipeline stage's weights come as meta tensors (see ``export_hf_plan``)."""
     config = models[0].config
     mapper = get_template(config.hf_model_type).mapper(config, to_mca=False)
-    for bucket in gather_canonical(models, bucket_bytes):
+    for bucket in gather_canonical(models, bucket_bytes, all_stages):
         out = [pair for name, full in bucket for pair in mapper.push(name, full)]
         if out:
             yield out
@@ -356,6 +360,20 @@ def export_hf_weights(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     for bucket in export_hf_buckets(models, bucket_bytes):
         yield from bucket
+
+
+def export_hf_plan(models: list) -> list[tuple[int, str, torch.Size, torch.dtype]]:
+    """What ``export_hf_weights`` yields, in its order, without gathering anything: (pipeline
+    stage that holds it, HF name, shape, dtype) per tensor. Collective under pipeline parallelism
+    (the stages exchange their lists of weights)."""
+    config = models[0].config
+    mapper = get_template(config.hf_model_type).mapper(config, to_mca=False)
+    plan = []
+    for owner, name, shape, dtype in _plan(models, dist_converter(config)):
+        for hf_name, tensor in mapper.push(name, torch.empty(shape, dtype=dtype, device="meta")):
+            plan.append((owner, hf_name, tensor.shape, tensor.dtype))
+    mapper.finish()
+    return plan
 
 
 def save_pretrained_as_hf(

@@ -1,0 +1,354 @@
+"""``roll_shm``: a weight-transfer backend for vLLM's RL weight-update API that moves tensors
+through a shared-memory file, for engines on the trainer's host without CUDA (vLLM's own
+``nccl``/``ipc`` backends allocate on CUDA).
+
+It runs vLLM's four phases unchanged: ``init_weight_transfer_engine`` maps the segment,
+``start_weight_update`` starts vLLM's layerwise reload (the CPU backend repacks linear weights
+after loading, so a plain ``load_weights`` into a live model would not reach the kernels),
+``update_weights`` loads one bucket, ``finish_weight_update`` finalizes. The trainer fills the
+segment a bucket at a time and calls ``update_weights`` for each; the call returns when the
+engine has copied the bucket out, so one segment serves the whole stream.
+
+An update is all or nothing as far as the engine reports: a name the engine's model does not
+have, a shape it cannot take or a dtype other than the engine's fails the update with the name;
+so does a trainer-side error, which the trainer passes on as an ``abort``. The engine then puts
+back the weights of every layer the update had not completed (the model stays servable, some
+layers new and some old), refuses ``finish_weight_update``, and so its weight version is not
+advanced: a new full sync is what repairs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import torch
+from vllm.distributed.weight_transfer.base import (
+    ParamMeta,
+    TrainerInitInfo,
+    TrainerWeightTransferEngine,
+    VLLMWeightSyncClient,
+    WeightSource,
+    WeightTransferEngine,
+    WeightTransferInitInfo,
+    WeightTransferUpdateInfo,
+)
+
+from roll_infer.weight_sync.common import TransferStats, WeightSyncError
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.config.weight_transfer import WeightTransferConfig
+
+DEFAULT_BUCKET_BYTES = 256 << 20
+_ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _map(path: str, nbytes: int) -> torch.Tensor:
+    return torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
+
+
+def _view(segment: torch.Tensor, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    nbytes = math.prod(shape) * dtype.itemsize
+    return segment[offset : offset + nbytes].view(dtype).view(shape)
+
+
+# ---------------------------------------------------------------------- engine side
+@dataclass
+class SharedMemoryInitInfo(WeightTransferInitInfo):
+    path: str
+    nbytes: int
+
+
+@dataclass
+class SharedMemoryUpdateInfo(WeightTransferUpdateInfo):
+    """One bucket: where each tensor lies in the segment. ``total`` is how many tensors the whole
+    update has (checked at finish); ``abort`` carries a trainer-side failure."""
+
+    names: list[str] = field(default_factory=list)
+    dtype_names: list[str] = field(default_factory=list)
+    shapes: list[list[int]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    nbytes: int = 0
+    total: int = 0
+    abort: str | None = None
+
+    def __post_init__(self) -> None:
+        lengths = {len(self.names), len(self.dtype_names), len(self.shapes), len(self.offsets)}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"names, dtype_names, shapes and offsets must have one entry per tensor; got lengths "
+                f"{len(self.names)}, {len(self.dtype_names)}, {len(self.shapes)}, {len(self.offsets)}"
+            )
+
+
+class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo, SharedMemoryUpdateInfo]):
+    init_info_cls = SharedMemoryInitInfo
+    update_info_cls = SharedMemoryUpdateInfo
+
+    def __init__(
+        self,
+        config: WeightTransferConfig,
+        vllm_config: VllmConfig,
+        device: torch.device,
+        model: torch.nn.Module,
+    ) -> None:
+        super().__init__(config, vllm_config, device, model)
+        self._path: str | None = None
+        self._segment: torch.Tensor | None = None
+        self._received = 0
+        self._expected: int | None = None
+        self.incomplete: str | None = None  # why the last update failed, until one succeeds
+
+    def init_transfer_engine(self, init_info: SharedMemoryInitInfo) -> None:
+        self._path = init_info.path
+        self._segment = _map(init_info.path, init_info.nbytes)
+
+    def start_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        if self._segment is None:
+            raise WeightSyncError("roll_shm: init_weight_transfer_engine was not called")
+        self._received, self._expected = 0, None
+        initialize_layerwise_reload(self.model)
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        # The base class synchronizes the accelerator after each bucket; loading here is
+        # synchronous CPU work with nothing to wait for.
+        self.receive_weights(self.parse_update_info(update_info))
+
+    def receive_weights(self, update_info: SharedMemoryUpdateInfo) -> None:
+        try:
+            self._receive(update_info)
+        except BaseException as e:
+            self._abort(str(e))
+            raise
+
+    def _receive(self, info: SharedMemoryUpdateInfo) -> None:
+        from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
+
+        if info.abort is not None:
+            raise WeightSyncError(f"the trainer aborted the weight update: {info.abort}")
+        assert self._segment is not None and self._path is not None
+        if info.nbytes != self._segment.numel():  # the trainer grew it for a large tensor
+            self._segment = _map(self._path, info.nbytes)
+        dtype = self.model_config.dtype
+        with disable_mtp_completeness_check():
+            for name, dtype_name, shape, offset in zip(
+                info.names, info.dtype_names, info.shapes, info.offsets, strict=True
+            ):
+                sent = getattr(torch, dtype_name)
+                if sent.is_floating_point and sent != dtype:
+                    raise WeightSyncError(
+                        f"{name}: sent as {sent}, but the engine's model is {dtype}; send the weights "
+                        "in the engine's dtype (e.g. McaWeightSource(model, dtype=...))"
+                    )
+                # A copy: the layerwise reload keeps what it was given until the layer is
+                # complete, and the trainer reuses the segment for the next bucket.
+                tensor = _view(self._segment, offset, sent, shape).clone()
+                try:
+                    loaded = self.model.load_weights([(name, tensor)])
+                except Exception as e:
+                    raise WeightSyncError(
+                        f"{name} {tuple(shape)} {sent}: the engine's model "
+                        f"({type(self.model).__name__}) could not load it: {type(e).__name__}: {e}"
+                    ) from e
+                if loaded is not None and not loaded:
+                    raise WeightSyncError(
+                        f"{name}: the engine's model ({type(self.model).__name__}) has no parameter for "
+                        "it; check that the trainer sends the checkpoint's HF names"
+                    )
+        self._received += len(info.names)
+        self._expected = info.total
+
+    def finish_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        if self._expected is None or self._received != self._expected:
+            reason = f"received {self._received} of {self._expected or 'an unknown number of'} tensors"
+            self._abort(reason)
+            raise WeightSyncError(f"weight update incomplete: {reason}")
+        finalize_layerwise_reload(self.model, self.model_config)
+        self.incomplete = None
+
+    def _abort(self, reason: str) -> None:
+        """Leave the model servable after a failed update: every layer the update had not
+        completed gets its previous weights back (vLLM's layerwise reload has no abort).
+        vLLM's own bookkeeping goes through its private ``_place_kernel_tensors``; this is the
+        one place that relies on it."""
+        from vllm.model_executor.model_loader.reload import layerwise
+
+        for layer in self.model.modules():
+            info = layerwise.LAYERWISE_INFO.get(layer)
+            if info is None or not info.can_load():
+                continue
+            if info.kernel_tensors is not None:
+                layerwise._place_kernel_tensors(layer, info)
+            info.reset()
+        if hasattr(self.model, "_original_do_torchao_reload"):
+            self.model._do_torchao_reload = self.model._original_do_torchao_reload
+        layerwise.LOADING_LAYERS.clear()
+        self.incomplete = reason
+
+    def shutdown(self) -> None:
+        self._segment = None
+
+
+# ---------------------------------------------------------------------- trainer side
+def _default_directory() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+@dataclass
+class SharedMemoryTrainerInitInfo(TrainerInitInfo):
+    backend: ClassVar[str] = "roll_shm"
+
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    directory: str = field(default_factory=_default_directory)
+
+
+class _Segment:
+    """The trainer's side of the shared file: created, grown for a tensor larger than a bucket,
+    removed at shutdown (or when the engine object is collected)."""
+
+    def __init__(self, directory: str, nbytes: int) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="roll-refit-", dir=directory)
+        os.close(fd)
+        self._cleanup = weakref.finalize(self, _unlink, self.path)
+        self.resize(nbytes)
+
+    def resize(self, nbytes: int) -> None:
+        os.truncate(self.path, nbytes)
+        self.nbytes = nbytes
+        self.tensor = _map(self.path, nbytes)
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[SharedMemoryTrainerInitInfo]):
+    init_info_cls = SharedMemoryTrainerInitInfo
+
+    def __init__(
+        self,
+        *,
+        client: VLLMWeightSyncClient,
+        source: WeightSource,
+        is_sender: bool = True,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ) -> None:
+        super().__init__(client=client, source=source, is_sender=is_sender)
+        if bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+        self.bucket_bytes = bucket_bytes
+        self.segment: _Segment | None = None
+        self.last_stats: TransferStats | None = None
+
+    @classmethod
+    def trainer_init(
+        cls,
+        init_info: SharedMemoryTrainerInitInfo,
+        *,
+        client: VLLMWeightSyncClient,
+        source: WeightSource | None = None,
+    ) -> Self:
+        if source is None:
+            raise ValueError("roll_shm sends a full copy each round: it needs a WeightSource")
+        engine = cls(
+            client=client, source=source, is_sender=init_info.is_sender, bucket_bytes=init_info.bucket_bytes
+        )
+        if engine.is_sender:
+            engine.segment = _Segment(init_info.directory, _align(init_info.bucket_bytes))
+            client.init_weight_transfer_engine(
+                asdict(SharedMemoryInitInfo(path=engine.segment.path, nbytes=engine.segment.nbytes))
+            )
+        return engine
+
+    def send_weights(self, weight_version: str | None = None) -> TransferStats | None:
+        """One full update round (every trainer rank calls it; rank 0 sends). Returns what was
+        sent on the sender. Raises ``WeightSyncError`` naming the failure; the engine is then
+        left on its previous weight version (see the module docstring)."""
+        assert self.source is not None
+        meta = self.source.metadata()  # collective for Megatron sources: every rank runs it
+        if not self.is_sender:
+            for _ in self.source:
+                pass
+            return None
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine
+
+        stats, start = TransferStats(), time.perf_counter()
+        self.client.start_weight_update()
+        try:
+            # vLLM's own check that iteration matches metadata() (name, dtype, shape, count).
+            pairs = NCCLTrainerWeightTransferEngine._checked_iter(self.source, meta)
+            for update in self._buckets(pairs, meta, stats):
+                try:
+                    self.client.update_weights(update)
+                except Exception as e:  # the engine failed the update and has aborted it
+                    raise WeightSyncError(f"the engine rejected the weight update: {e}") from e
+        except WeightSyncError:
+            raise
+        except BaseException as e:
+            self._abort_engine(f"{type(e).__name__}: {e}")
+            if isinstance(e, Exception):
+                raise WeightSyncError(f"weight update failed on the trainer: {type(e).__name__}: {e}") from e
+            raise
+        self.client.finish_weight_update(weight_version)
+        stats.seconds = time.perf_counter() - start
+        self.last_stats = stats
+        return stats
+
+    def _abort_engine(self, reason: str) -> None:
+        assert self.segment is not None
+        with contextlib.suppress(Exception):  # the engine raises on an abort, by design
+            self.client.update_weights(
+                asdict(SharedMemoryUpdateInfo(nbytes=self.segment.nbytes, abort=reason))
+            )
+
+    def _buckets(
+        self, pairs: Iterator[tuple[str, torch.Tensor]], meta: list[ParamMeta], stats: TransferStats
+    ) -> Iterator[dict[str, Any]]:
+        assert self.segment is not None
+        segment = self.segment
+        bucket = SharedMemoryUpdateInfo(nbytes=segment.nbytes, total=len(meta))
+        offset = 0
+        for name, tensor in pairs:
+            nbytes = tensor.numel() * tensor.element_size()
+            if bucket.names and offset + nbytes > segment.nbytes:
+                stats.buckets += 1
+                yield asdict(bucket)
+                bucket, offset = SharedMemoryUpdateInfo(nbytes=segment.nbytes, total=len(meta)), 0
+            if nbytes > segment.nbytes:  # one tensor larger than a bucket: grow, tell the engine
+                segment.resize(_align(nbytes))
+                bucket.nbytes = segment.nbytes
+            _view(segment.tensor, offset, tensor.dtype, list(tensor.shape)).copy_(tensor)
+            bucket.names.append(name)
+            bucket.dtype_names.append(str(tensor.dtype).removeprefix("torch."))
+            bucket.shapes.append(list(tensor.shape))
+            bucket.offsets.append(offset)
+            offset = _align(offset + nbytes)
+            stats.add(tensor)
+        if bucket.names or not meta:
+            stats.buckets += 1
+            yield asdict(bucket)
+
+    def shutdown(self) -> None:
+        if self.segment is not None:
+            self.segment.close()
+            self.segment = None
