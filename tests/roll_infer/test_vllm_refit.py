@@ -29,8 +29,9 @@ def _step(model, seed: int) -> None:
 
 def _reference(model, path):
     """transformers' greedy tokens/logprobs on an export of ``model``'s current weights."""
-    from roll_infer.testing import hf_greedy
     from transformers import AutoModelForCausalLM
+
+    from roll_infer.testing import hf_greedy
 
     model.save_pretrained_as_hf(path, force=True)
     return hf_greedy(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval())
@@ -49,9 +50,10 @@ class Refit:
         self.version = 0
 
     def trainer(self, source=None, bucket_bytes: int = 1 << 20):
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
         from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
         from roll_infer.weight_sync import McaWeightSource
-        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
         trainer = WeightTransferTrainerFactory.trainer_init(
             SharedMemoryTrainerInitInfo(rank=0, bucket_bytes=bucket_bytes),
@@ -107,7 +109,9 @@ def test_refit_after_an_optimizer_step_reaches_the_engine(refit, bucket_bytes, r
     tokens, logprobs = vllm_greedy(refit.llm)
     diff = max_logprob_diff(logprobs, ref_logprobs)
     if bucket_bytes == 1 << 20:
-        record_strategy("qwen3", "vllm_refit", f"TP1 step + sync = HF, logprobs {diff:.1e}", tokens == ref_tokens)
+        record_strategy(
+            "qwen3", "vllm_refit", f"TP1 step + sync = HF, logprobs {diff:.1e}", tokens == ref_tokens
+        )
     assert tokens != before, "the optimizer step did not change the engine's output"
     assert tokens == ref_tokens
     assert diff <= LOGPROB_TOL
@@ -135,7 +139,11 @@ class _Faulty:
 
         out = []
         for m in self.source.metadata():
-            shape = tuple(self.shape[m.name](torch.empty(m.shape, device="meta")).shape) if m.name in self.shape else m.shape
+            shape = (
+                tuple(self.shape[m.name](torch.empty(m.shape, device="meta")).shape)
+                if m.name in self.shape
+                else m.shape
+            )
             out.append(ParamMeta(self._name(m.name), m.dtype, shape))
         return out
 
@@ -168,7 +176,11 @@ def test_a_bad_sync_names_the_tensor_and_leaves_the_engine_on_its_version(refit,
     make, message = BAD_SYNCS[case]
     good_version = refit.llm.get_weight_version()
     _step(refit.model, seed=100 + len(refit.trainers))
-    source = McaWeightSource(refit.model, dtype=torch.bfloat16) if make is None else make(McaWeightSource(refit.model))
+    source = (
+        McaWeightSource(refit.model, dtype=torch.bfloat16)
+        if make is None
+        else make(McaWeightSource(refit.model))
+    )
     with pytest.raises(WeightSyncError, match=message.replace("(", r"\(").replace(")", r"\)")):
         refit.trainer(source=source).send_weights(weight_version="never")
     assert refit.llm.get_weight_version() == good_version
@@ -181,9 +193,10 @@ def test_a_bad_sync_names_the_tensor_and_leaves_the_engine_on_its_version(refit,
 
 # ---------------------------------------------------------------------- sinks without an engine
 def test_sync_into_an_hf_model_and_a_directory_match_the_megatron_model(refit, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     from mcore_adapter.verify import megatron_logits
     from roll_infer.weight_sync import McaWeightSource, sync_to_directory, sync_to_hf_model
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokens = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
     expected = megatron_logits(refit.model, tokens)
@@ -207,15 +220,22 @@ def test_sync_into_an_hf_model_and_a_directory_match_the_megatron_model(refit, t
     "overrides, message",
     [
         ({"intermediate_size": 96}, "sent (128, 64), the model's is (96, 64)"),
-        ({"num_hidden_layers": 3}, "model.layers.2.self_attn.q_proj.weight: the model has it, the source does not"),
-        ({"num_hidden_layers": 1}, "model.layers.1.self_attn.q_proj.weight: Qwen3ForCausalLM has no such tensor"),
+        (
+            {"num_hidden_layers": 3},
+            "model.layers.2.self_attn.q_proj.weight: the model has it, the source does not",
+        ),
+        (
+            {"num_hidden_layers": 1},
+            "model.layers.1.self_attn.q_proj.weight: Qwen3ForCausalLM has no such tensor",
+        ),
     ],
     ids=["wrong-shape", "missing-layer", "extra-layer"],
 )
 def test_sync_into_a_mismatched_hf_model_is_refused_before_writing(refit, overrides, message):
+    from transformers import AutoModelForCausalLM
+
     from mcore_adapter.testing import tiny_hf_config
     from roll_infer.weight_sync import McaWeightSource, WeightSyncError, sync_to_hf_model
-    from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_config(tiny_hf_config("qwen3", head_dim=64, **overrides))
     before = {k: v.clone() for k, v in hf.state_dict().items()}

@@ -14,20 +14,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 LAYOUTS = ({"tp": 2}, {"pp": 2})
 
 
-def _step(model, seed: int) -> None:
-    """An SGD step towards random targets, computed from the parameters alone so that no stage
-    needs another's activations (a pipeline schedule is not what is tested here)."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD([p for _, p in params], lr=0.1)
-    loss = 0.0
-    for name, param in params:
-        generator = torch.Generator().manual_seed(seed + sum(map(ord, name)))
-        target = torch.randn(param.shape, generator=generator) * 0.3
-        loss = loss + (param - target).pow(2).sum()
-    loss.backward()
-    optimizer.step()
-
-
 def _refit(hf_dir: str, tmp: str) -> list[dict]:
     from roll_infer.testing import close_engine, tiny_engine
 
@@ -41,15 +27,16 @@ def _refit(hf_dir: str, tmp: str) -> list[dict]:
 
 
 def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
+    from megatron.core import parallel_state
+    from transformers import AutoModelForCausalLM
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
     from mcore_adapter import AutoModel
     from mcore_adapter.parallel import initialize_model_parallel
-    from megatron.core import parallel_state
-    from roll_infer.testing import hf_greedy, max_logprob_diff, vllm_greedy
+    from roll_infer.testing import hf_greedy, max_logprob_diff, sgd_step_towards_random_targets, vllm_greedy
     from roll_infer.vllm.client import LLMWeightSyncClient
     from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
     from roll_infer.weight_sync import McaWeightSource
-    from transformers import AutoModelForCausalLM
-    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
     client = LLMWeightSyncClient(llm)  # only the sender (rank 0) calls it
     results = []
@@ -57,7 +44,7 @@ def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
         initialize_model_parallel(**layout)
         model = AutoModel.from_pretrained(hf_dir)
         before = vllm_greedy(llm)[0] if rank == 0 else None
-        _step(model, seed=index)
+        sgd_step_towards_random_targets(model, seed=index)
         trainer = WeightTransferTrainerFactory.trainer_init(
             SharedMemoryTrainerInitInfo(rank=rank, bucket_bytes=64 << 10),
             client=client,
@@ -67,7 +54,9 @@ def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
         out = f"{tmp}/ref-{index}"
         model.save_pretrained_as_hf(out)
         if rank == 0:
-            ref_tokens, ref_logprobs = hf_greedy(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32))
+            ref_tokens, ref_logprobs = hf_greedy(
+                AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+            )
             tokens, logprobs = vllm_greedy(llm)
             results.append(
                 {
@@ -93,7 +82,9 @@ def test_refit_from_tp2_and_pp2_reaches_the_engine(tiny_checkpoint, tmp_path, re
     for index, result in enumerate(results):
         name = "x".join(f"{k.upper()}{v}" for k, v in result["layout"].items())
         ok = result["equal_tokens"] and result["changed"] and result["logprob_diff"] <= 1e-4
-        record_strategy("qwen3", "vllm_refit", f"{name} step + sync = HF, logprobs {result['logprob_diff']:.1e}", ok)
+        record_strategy(
+            "qwen3", "vllm_refit", f"{name} step + sync = HF, logprobs {result['logprob_diff']:.1e}", ok
+        )
         assert result["changed"], f"{name}: the step did not change the engine's output"
         assert result["equal_tokens"], f"{name}: the engine's tokens differ from transformers' on the export"
         assert result["logprob_diff"] <= 1e-4

@@ -49,14 +49,19 @@ def vllm_greedy(llm: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[li
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0, detokenize=False, ignore_eos=True)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=max_tokens, logprobs=0, detokenize=False, ignore_eos=True
+    )
     outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
     tokens, logprobs = [], []
     for out in outputs:
         completion = out.outputs[0]
         tokens.append(list(completion.token_ids))
         logprobs.append(
-            [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids, strict=True)]
+            [
+                step[token].logprob
+                for step, token in zip(completion.logprobs, completion.token_ids, strict=True)
+            ]
         )
     return tokens, logprobs
 
@@ -67,7 +72,10 @@ def hf_greedy(model: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[li
     tokens, logprobs = [], []
     for prompt in prompts:
         out = model.generate(
-            torch.tensor([list(prompt)]), max_new_tokens=max_tokens, do_sample=False, min_new_tokens=max_tokens
+            torch.tensor([list(prompt)]),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            min_new_tokens=max_tokens,
         )
         new = out[0, len(prompt) :].tolist()
         log = torch.log_softmax(model(out).logits[0].float(), dim=-1)
@@ -77,9 +85,28 @@ def hf_greedy(model: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[li
 
 
 def max_logprob_diff(a: list[list[float]], b: list[list[float]]) -> float:
-    return max(abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True))
+    return max(
+        abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True)
+    )
 
 
 def close_engine(llm: Any) -> None:
     """Stop the engine's processes now rather than at garbage collection."""
     llm.llm_engine.engine_core.shutdown()
+
+
+def sgd_step_towards_random_targets(model: Any, seed: int = 0, lr: float = 0.1) -> None:
+    """One SGD step of ``sum((p - target)^2)`` with a random target per parameter (drawn from the
+    parameter's name, so replicated parameters agree across ranks): it moves every weight by a
+    fifth of the way, enough to change greedy tokens, and needs no activations from other
+    pipeline stages."""
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD([p for _, p in params], lr=lr)
+    loss = torch.zeros(())
+    for name, param in params:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)))
+        target = torch.randn(param.shape, generator=generator) * 0.3
+        loss = loss + (param - target).pow(2).sum()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()

@@ -179,7 +179,10 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
             reason = f"received {self._received} of {self._expected or 'an unknown number of'} tensors"
             self._abort(reason)
             raise WeightSyncError(f"weight update incomplete: {reason}")
+        experts = _reloaded_expert_layers(self.model, pending=True)
         finalize_layerwise_reload(self.model, self.model_config)
+        _reprocess_tied_modules(self.model)
+        _repack_experts(experts)
         self.incomplete = None
 
     def _abort(self, reason: str) -> None:
@@ -189,6 +192,7 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
         one place that relies on it."""
         from vllm.model_executor.model_loader.reload import layerwise
 
+        experts = _reloaded_expert_layers(self.model, pending=False)
         for layer in self.model.modules():
             info = layerwise.LAYERWISE_INFO.get(layer)
             if info is None or not info.can_load():
@@ -199,10 +203,60 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
         if hasattr(self.model, "_original_do_torchao_reload"):
             self.model._do_torchao_reload = self.model._original_do_torchao_reload
         layerwise.LOADING_LAYERS.clear()
+        _reprocess_tied_modules(self.model)  # the embedding may have been completed before the failure
+        _repack_experts(experts)
         self.incomplete = reason
 
     def shutdown(self) -> None:
         self._segment = None
+
+
+def _reloaded_expert_layers(model: torch.nn.Module, pending: bool) -> list[torch.nn.Module]:
+    """The fused-expert layers this update has written: completed ones (their reload record was
+    reset when vLLM processed them) and, with ``pending``, those still partly loaded, which
+    finalizing will process."""
+    from vllm.model_executor.model_loader.reload import layerwise
+
+    out = []
+    for module in model.modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        info = layerwise.LAYERWISE_INFO.get(module)
+        if kernel is None or info is None:
+            continue
+        if not info.can_load() or (pending and info.load_numel > 0):
+            out.append(module)
+    return out
+
+
+def _repack_experts(layers: list[torch.nn.Module]) -> None:
+    """Prepack reloaded expert weights for the CPU kernel again. vLLM's
+    ``UnquantizedFusedMoEMethod._setup_kernel`` skips the kernel's own
+    ``process_weights_after_loading`` on a weight update (it assumes the kernel reads the
+    parameters as they are, true on GPU), but the CPU kernel reads a prepacked layout, so the
+    reloaded, unpacked weights were read as packed (measured: a Qwen3-MoE's greedy tokens wrong
+    after a sync although every expert weight equalled the trainer's)."""
+    for layer in layers:
+        layer.quant_method.moe_kernel.fused_experts.process_weights_after_loading(layer)
+
+
+def _reprocess_tied_modules(model: torch.nn.Module) -> None:
+    """Re-run weight processing of unquantized modules that share a parameter with another
+    module: a tied ``lm_head``. vLLM's layerwise reload processes only the module that a weight
+    was loaded into (the embedding), and on CPU the lm_head keeps a oneDNN handle prepacked from
+    the old weights (measured: a tied Qwen3's logits off by 1.8 after a sync, greedy tokens
+    wrong). Processing an unquantized module again rebuilds the handle from the current weights."""
+    owners: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(param.data_ptr(), []).append(module)
+    seen: set[int] = set()
+    for modules in owners.values():
+        for module in modules if len(modules) > 1 else ():
+            method = getattr(module, "quant_method", None)
+            if id(module) in seen or not type(method).__name__.startswith("Unquantized"):
+                continue
+            seen.add(id(module))
+            method.process_weights_after_loading(module)
 
 
 # ---------------------------------------------------------------------- trainer side
