@@ -184,11 +184,14 @@ def test_a_bad_sync_names_the_tensor_and_leaves_the_engine_on_its_version(refit,
     with pytest.raises(WeightSyncError, match=message.replace("(", r"\(").replace(")", r"\)")):
         refit.trainer(source=source).send_weights(weight_version="never")
     assert refit.llm.get_weight_version() == good_version
+    (report,) = refit.llm.collective_rpc("roll_infer_report")
+    assert report["incomplete"], "the engine does not know its last update failed"
     vllm_greedy(refit.llm)  # still serves: no layer was left on the meta device
     # A full sync repairs the engine.
     refit.sync()
     tokens, _ = vllm_greedy(refit.llm)
     assert tokens == refit.reference()[0]
+    assert refit.llm.collective_rpc("roll_infer_report")[0]["incomplete"] is None
 
 
 # ---------------------------------------------------------------------- sinks without an engine
@@ -242,3 +245,16 @@ def test_sync_into_a_mismatched_hf_model_is_refused_before_writing(refit, overri
     with pytest.raises(WeightSyncError, match=message.replace("(", r"\(").replace(")", r"\)")):
         sync_to_hf_model(McaWeightSource(refit.model), hf)
     assert all(torch.equal(before[k], v) for k, v in hf.state_dict().items())
+
+
+def test_the_engine_processes_ran_the_plugin(refit):
+    """vLLM loads general plugins in each process it starts: the engine's worker knows roll_models'
+    architectures and the transfer backend (the refit tests above also depend on the latter)."""
+    import os
+
+    from roll_infer.vllm.plugin import SHM_BACKEND, roll_models_architectures
+
+    (report,) = refit.llm.collective_rpc("roll_infer_report")
+    assert report["pid"] != os.getpid()
+    assert set(roll_models_architectures()) <= set(report["architectures"])
+    assert SHM_BACKEND in report["transfer_backends"]

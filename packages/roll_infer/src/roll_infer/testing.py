@@ -38,6 +38,7 @@ def tiny_engine(path: Any, dtype: str = "float32", **kwargs: Any):
         "skip_tokenizer_init": True,
         "max_model_len": 128,
         "weight_transfer_config": {"backend": "roll_shm"},
+        "worker_extension_cls": "roll_infer.vllm.worker_extension.RollWorkerExtension",
         "seed": 0,
         **kwargs,
     }

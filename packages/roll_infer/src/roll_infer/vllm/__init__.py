@@ -2,6 +2,6 @@
 registration, the CPU weight-transfer backend ``roll_shm`` and a client for an offline
 ``vllm.LLM``. Importing this package does not import vLLM."""
 
-from .plugin import register, register_architecture
+from .plugin import RegistrationError, register, register_architecture
 
-__all__ = ["register", "register_architecture"]
+__all__ = ["RegistrationError", "register", "register_architecture"]
