@@ -9,13 +9,14 @@ import pytest
 
 
 def test_vllm_discovers_the_entry_point_and_it_registers_everything():
-    from roll_infer.vllm import plugin
     from vllm import ModelRegistry
     from vllm.distributed.weight_transfer.factory import (
         WeightTransferEngineFactory,
         WeightTransferTrainerFactory,
     )
     from vllm.plugins import DEFAULT_PLUGINS_GROUP, load_plugins_by_group
+
+    from roll_infer.vllm import plugin
 
     plugins = load_plugins_by_group(DEFAULT_PLUGINS_GROUP)
     assert plugins.get("roll_infer") is plugin.register
@@ -52,9 +53,10 @@ def test_register_architecture_refuses_malformed_entries(arch, target, message, 
 
 
 def test_register_architecture_passes_on_to_child_processes_and_refuses_a_second_class(monkeypatch):
+    from vllm import ModelRegistry
+
     from roll_infer.vllm import RegistrationError, register_architecture
     from roll_infer.vllm.plugin import ENV_MODELS, user_architectures
-    from vllm import ModelRegistry
 
     monkeypatch.delenv(ENV_MODELS, raising=False)
     register_architecture("RollTestForCausalLM", "roll_test_pkg.model:RollTestForCausalLM")
