@@ -58,7 +58,10 @@ def sync_to_hf_model(source: Any, model: torch.nn.Module) -> TransferStats:
         elif tuple(target.shape) != tuple(meta.shape):
             problems.append(f"{meta.name}: sent {tuple(meta.shape)}, the model's is {tuple(target.shape)}")
         elif target.dtype != meta.dtype:
-            problems.append(f"{meta.name}: sent as {meta.dtype}, the model's is {target.dtype}")
+            problems.append(
+                f"{meta.name}: sent as {meta.dtype}, the model's is {target.dtype} (a source can cast: "
+                "McaWeightSource(model, dtype=...))"
+            )
         else:
             sent.add(target.data_ptr() if target.numel() else meta.name)
     missing = [n for n, t in targets.items() if (t.data_ptr() if t.numel() else n) not in sent]

@@ -43,10 +43,11 @@ class McaWeightSource(WeightSource):
         all_stages: bool = True,
     ) -> None:
         """``model``: an mcore_adapter model or its virtual-pipeline chunks. ``dtype``: send
-        floating weights in this dtype (the engine's), default the model's. ``bucket_bytes``:
-        how much is gathered at a time."""
+        floating weights in this dtype (the engine's); by default the dtype of the HF
+        checkpoint the model came from, which is what an engine on that checkpoint runs in.
+        ``bucket_bytes``: how much is gathered at a time."""
         self.models = _models(model)
-        self.dtype = dtype
+        self.dtype = dtype or self.models[0].config.torch_hf_weight_dtype
         self.bucket_bytes = bucket_bytes
         self.all_stages = all_stages
         self._plan: list[tuple[int, str, torch.Size, torch.dtype]] | None = None

@@ -255,6 +255,8 @@ class DistConverter:
         if rule == REPLICATED:
             return parts[0]
         if rule == GATED_COLUMN:
+            if tp == 1:  # [gate; up] is already the canonical order: no copy
+                return parts[0]
             halves = [p.chunk(2, dim=0) for p in parts]
             return cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
         merged = parts[0] if tp == 1 else cat(parts, dim=1 if rule == ROW else 0)
