@@ -26,7 +26,17 @@ MARKERS = {
     "strategies": ("<!-- strategy-matrix:begin -->", "<!-- strategy-matrix:end -->"),
 }
 STRATEGY_RESULTS = RESULTS.with_name("strategies.json")
-STRATEGIES = ["hf_infer", "deepspeed_infer", "deepspeed_train", "megatron_infer", "megatron_train"]
+# roll_models' strategies, then roll_infer's: vLLM generating from the checkpoint (vllm_infer)
+# and taking a weight sync from a trained Megatron model (vllm_refit).
+STRATEGIES = [
+    "hf_infer",
+    "deepspeed_infer",
+    "deepspeed_train",
+    "megatron_infer",
+    "megatron_train",
+    "vllm_infer",
+    "vllm_refit",
+]
 
 
 def render_strategies(results: dict[str, dict]) -> str:
