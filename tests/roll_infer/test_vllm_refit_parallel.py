@@ -51,6 +51,7 @@ def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
             source=McaWeightSource(model),
         )
         stats = trainer.send_weights(weight_version=f"layout-{index}")
+        split = _split_source_report(model)
         out = f"{tmp}/ref-{index}"
         model.save_pretrained_as_hf(out)
         if rank == 0:
@@ -66,12 +67,42 @@ def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
                     "logprob_diff": max_logprob_diff(logprobs, ref_logprobs),
                     "version": llm.get_weight_version(),
                     "tensors": stats.tensors,
+                    **split,
                 }
             )
         trainer.shutdown()
         del model
         parallel_state.destroy_model_parallel()
     return results
+
+
+def _split_source_report(model) -> dict:
+    """``McaWeightSource(all_stages=False)``, as vLLM's pulling backends use it: every rank
+    declares the whole model, holds its stage's weights, and yields exactly its groups."""
+    import torch.distributed as dist
+
+    from roll_infer.weight_sync import McaWeightSource
+
+    full = dict(McaWeightSource(model))  # every stage's weights on every rank (collective)
+    own = McaWeightSource(model, all_stages=False)
+    names = [m.name for m in own.metadata()]
+    held = set(own.held_names())
+    yielded = list(own)
+    groups = [name for group in own.groups() for name in group]
+    report = {
+        "metadata_is_whole_model": names == list(full),
+        "yields_its_groups_in_order": [name for name, _ in yielded] == groups,
+        "tensors_exactly_for_held": {n for n, t in yielded if t is not None} == held,
+        "held_equal_full": all(torch.equal(t, full[n]) for n, t in yielded if t is not None),
+        # vLLM's own batching, which checks the iteration against metadata() as it goes
+        "vllm_iter_groups": sum(len(batch) for batch, _ in own.iter_groups()) == len(groups),
+    }
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, sorted(held))
+    sets = [set(h) for h in every]
+    report["every_name_held_somewhere"] = set().union(*sets) == set(names)
+    report["stages_hold_disjoint_names"] = sets[0].isdisjoint(sets[1])
+    return report
 
 
 def test_refit_from_tp2_and_pp2_reaches_the_engine(tiny_checkpoint, tmp_path, record_strategy):
@@ -89,3 +120,14 @@ def test_refit_from_tp2_and_pp2_reaches_the_engine(tiny_checkpoint, tmp_path, re
         assert result["equal_tokens"], f"{name}: the engine's tokens differ from transformers' on the export"
         assert result["logprob_diff"] <= 1e-4
         assert result["version"] == f"layout-{index}"
+        for check in (
+            "metadata_is_whole_model",
+            "yields_its_groups_in_order",
+            "tensors_exactly_for_held",
+            "held_equal_full",
+            "vllm_iter_groups",
+            "every_name_held_somewhere",
+        ):
+            assert result[check], f"{name}: split source: {check}"
+        # TP ranks both hold every weight; pipeline stages hold disjoint parts
+        assert result["stages_hold_disjoint_names"] == ("pp" in result["layout"])

@@ -73,9 +73,11 @@ class McaWeightSource(WeightSource):
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor | None]]:
         self.plan()  # every rank joins the plan's collective before the first gather
+        # vLLM's contract for split producers: exactly this rank's groups (a layer, the
+        # embedding, the final block), ``None`` for the names of a group it does not hold.
+        wanted = None if self.all_stages else {name for group in self.groups() for name in group}
         for bucket in model_io.export_hf_buckets(self.models, self.bucket_bytes, self.all_stages):
             for name, tensor in bucket:
-                if tensor.is_meta:
-                    yield name, None
-                else:
-                    yield name, tensor.to(self._cast(tensor.dtype))
+                if wanted is not None and name not in wanted:
+                    continue
+                yield name, None if tensor.is_meta else tensor.to(self._cast(tensor.dtype))
