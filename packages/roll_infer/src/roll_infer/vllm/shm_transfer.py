@@ -144,31 +144,44 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
         if info.nbytes != self._segment.numel():  # the trainer grew it for a large tensor
             self._segment = _map(self._path, info.nbytes)
         dtype = self.model_config.dtype
+        tensors = []
+        for name, dtype_name, shape, offset in zip(
+            info.names, info.dtype_names, info.shapes, info.offsets, strict=True
+        ):
+            sent = getattr(torch, dtype_name)
+            if sent.is_floating_point and sent != dtype:
+                raise WeightSyncError(
+                    f"{name}: sent as {sent}, but the engine's model is {dtype}; send the weights "
+                    "in the engine's dtype (e.g. McaWeightSource(model, dtype=...))"
+                )
+            # A copy: the layerwise reload keeps what it was given until the layer is complete,
+            # and the trainer reuses the segment for the next bucket.
+            tensors.append((name, _view(self._segment, offset, sent, shape).clone()))
+        # One load_weights call per bucket: a call per tensor costs a walk over every module of
+        # the model (vLLM's AutoWeightsLoader), most of a sync's time when measured. vLLM's loaders
+        # consume the weights lazily, so the tensor being consumed when one fails is the culprit.
+        current: list = [None]
+
+        def tracked():
+            for pair in tensors:
+                current[0] = pair
+                yield pair
+
         with disable_mtp_completeness_check():
-            for name, dtype_name, shape, offset in zip(
-                info.names, info.dtype_names, info.shapes, info.offsets, strict=True
-            ):
-                sent = getattr(torch, dtype_name)
-                if sent.is_floating_point and sent != dtype:
-                    raise WeightSyncError(
-                        f"{name}: sent as {sent}, but the engine's model is {dtype}; send the weights "
-                        "in the engine's dtype (e.g. McaWeightSource(model, dtype=...))"
-                    )
-                # A copy: the layerwise reload keeps what it was given until the layer is
-                # complete, and the trainer reuses the segment for the next bucket.
-                tensor = _view(self._segment, offset, sent, shape).clone()
-                try:
-                    loaded = self.model.load_weights([(name, tensor)])
-                except Exception as e:
-                    raise WeightSyncError(
-                        f"{name} {tuple(shape)} {sent}: the engine's model "
-                        f"({type(self.model).__name__}) could not load it: {type(e).__name__}: {e}"
-                    ) from e
-                if loaded is not None and not loaded:
-                    raise WeightSyncError(
-                        f"{name}: the engine's model ({type(self.model).__name__}) has no parameter for "
-                        "it; check that the trainer sends the checkpoint's HF names"
-                    )
+            try:
+                loaded = self.model.load_weights(tracked())
+            except Exception as e:
+                name, tensor = current[0] or (info.names[0], None)
+                shape = tuple(tensor.shape) if tensor is not None else "?"
+                raise WeightSyncError(
+                    f"{name} {shape}: the engine's model ({type(self.model).__name__}) could not load "
+                    f"it: {type(e).__name__}: {e}"
+                ) from e
+        if tensors and loaded is not None and not loaded:
+            raise WeightSyncError(
+                f"{info.names[0]} ... {info.names[-1]}: the engine's model ({type(self.model).__name__}) "
+                "took none of these tensors; check that the trainer sends the checkpoint's HF names"
+            )
         self._received += len(info.names)
         self._expected = info.total
 
