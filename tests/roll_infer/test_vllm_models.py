@@ -65,7 +65,10 @@ def test_engine_matches_transformers_and_takes_a_refit(
     try:
         tokens, logprobs = vllm_greedy(llm)
         before = max_logprob_diff(logprobs, hf_logprobs)
-        record_strategy(model_type, "vllm_infer", f"greedy = HF, logprobs {before:.1e}", tokens == hf_tokens)
+        label = "tied: " if overrides.get("tie") else ""
+        record_strategy(
+            model_type, "vllm_infer", f"{label}greedy = HF, logprobs {before:.1e}", tokens == hf_tokens
+        )
         assert tokens == hf_tokens
         assert before <= TOL
 
@@ -82,7 +85,7 @@ def test_engine_matches_transformers_and_takes_a_refit(
         close_engine(llm)
     after = max_logprob_diff(logprobs, ref_logprobs)
     ok = tokens == ref_tokens and tokens != hf_tokens and after <= TOL
-    record_strategy(model_type, "vllm_refit", f"TP1 step + sync = HF, logprobs {after:.1e}", ok)
+    record_strategy(model_type, "vllm_refit", f"{label}TP1 step + sync = HF, logprobs {after:.1e}", ok)
     assert tokens != hf_tokens, "the step did not change the engine's output"
     assert tokens == ref_tokens
     assert after <= TOL

@@ -4,8 +4,6 @@ gathers are collectives), rank 0 sends."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -15,9 +13,15 @@ LAYOUTS = ({"tp": 2}, {"pp": 2})
 
 
 def _refit(hf_dir: str, tmp: str) -> list[dict]:
+    import torch.distributed as dist
+
+    from mcore_adapter.parallel import init_process_group
     from roll_infer.testing import close_engine, tiny_engine
 
-    rank = int(os.environ["RANK"])  # torch.distributed starts with the model's layout, below
+    # Join the trainer group before the engine starts: its processes pick free ports too, and
+    # could take the one the launcher reserved for the group's store.
+    init_process_group()
+    rank = dist.get_rank()
     llm = tiny_engine(hf_dir) if rank == 0 else None
     try:
         return _refit_layouts(hf_dir, tmp, rank, llm)
