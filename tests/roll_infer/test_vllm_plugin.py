@@ -64,9 +64,29 @@ def test_register_architecture_passes_on_to_child_processes_and_refuses_a_second
     assert os.environ[ENV_MODELS] == "RollTestForCausalLM=roll_test_pkg.model:RollTestForCausalLM"
     assert user_architectures() == {"RollTestForCausalLM": "roll_test_pkg.model:RollTestForCausalLM"}
     assert "RollTestForCausalLM" in ModelRegistry.models
-    with pytest.raises(RegistrationError, match="already registered with vLLM as roll_test_pkg.model"):
+    with pytest.raises(RegistrationError, match="already registered as roll_test_pkg.model"):
         register_architecture("RollTestForCausalLM", "other_pkg:RollTestForCausalLM")
     ModelRegistry.models.pop("RollTestForCausalLM")
+
+
+def test_register_architecture_replaces_vllms_own_class_only_when_asked(monkeypatch):
+    from vllm import ModelRegistry
+
+    from roll_infer.vllm import RegistrationError, register_architecture
+    from roll_infer.vllm.plugin import ENV_MODELS
+
+    monkeypatch.delenv(ENV_MODELS, raising=False)
+    native = ModelRegistry.models["Qwen3ForCausalLM"]
+    with pytest.raises(
+        RegistrationError, match="vLLM already implements Qwen3ForCausalLM; pass overwrite=True"
+    ):
+        register_architecture("Qwen3ForCausalLM", "my_pkg:Qwen3ForCausalLM")
+    try:
+        register_architecture("Qwen3ForCausalLM", "my_pkg:Qwen3ForCausalLM", overwrite=True)
+        assert os.environ[ENV_MODELS] == "Qwen3ForCausalLM=my_pkg:Qwen3ForCausalLM"
+        assert ModelRegistry.models["Qwen3ForCausalLM"].module_name == "my_pkg"
+    finally:
+        ModelRegistry.models["Qwen3ForCausalLM"] = native
 
 
 def test_a_malformed_environment_entry_is_a_clear_error(monkeypatch):

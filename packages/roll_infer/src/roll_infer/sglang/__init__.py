@@ -29,38 +29,24 @@ ENV_MODELS = "ROLL_INFER_SGLANG_MODELS"
 
 
 def user_architectures() -> dict[str, str]:
-    from roll_infer.vllm.plugin import RegistrationError
+    from roll_infer.vllm.plugin import env_entries
 
-    entries = {}
-    for item in filter(None, (part.strip() for part in os.environ.get(ENV_MODELS, "").split(";"))):
-        arch, sep, target = item.partition("=")
-        if not sep or target.count(":") != 1:
-            raise RegistrationError(
-                f"{ENV_MODELS}: expected 'Architecture=module:Class' entries separated by ';', got {item!r}"
-            )
-        entries[arch.strip()] = target.strip()
-    return entries
+    return env_entries(ENV_MODELS)
 
 
 def register_architecture(architecture: str, model_class: str) -> None:
     """Have SGLang processes started after this call (with
     ``SGLANG_EXTERNAL_MODEL_PACKAGE=roll_infer.sglang``) serve ``architecture`` with
     ``model_class`` ("module:Class"; the class's name must be the architecture)."""
-    from roll_infer.vllm.plugin import RegistrationError
+    from roll_infer.vllm.plugin import RegistrationError, add_env_entry
 
-    module, _, name = model_class.partition(":")
-    if not module or not name or ":" in name:
-        raise RegistrationError(f"model_class must be 'module:Class', got {model_class!r}")
-    if name != architecture:
+    name = model_class.partition(":")[2]
+    if name and ":" not in name and name != architecture:
         raise RegistrationError(
             f"SGLang registers a class under its own name: {name!r} would not serve {architecture!r}; "
             "name the class after the architecture"
         )
-    entries = user_architectures()
-    if entries.get(architecture, model_class) != model_class:
-        raise RegistrationError(f"{architecture} is already registered for SGLang as {entries[architecture]}")
-    entries[architecture] = model_class
-    os.environ[ENV_MODELS] = ";".join(f"{a}={t}" for a, t in entries.items())
+    add_env_entry(ENV_MODELS, architecture, model_class)
     os.environ.setdefault("SGLANG_EXTERNAL_MODEL_PACKAGE", __name__)
 
 

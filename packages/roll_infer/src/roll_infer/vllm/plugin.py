@@ -49,40 +49,55 @@ def unmapped_architectures() -> list[str]:
     return sorted(set(roll_models_architectures()) - mapped)
 
 
-def _parse_env(value: str) -> dict[str, str]:
+def env_entries(variable: str) -> dict[str, str]:
+    """``Architecture=module:Class`` entries, separated by ``;``, of an environment variable."""
     entries = {}
-    for item in filter(None, (part.strip() for part in value.split(";"))):
+    for item in filter(None, (part.strip() for part in os.environ.get(variable, "").split(";"))):
         arch, sep, target = item.partition("=")
         if not sep or target.count(":") != 1:
             raise RegistrationError(
-                f"{ENV_MODELS}: expected 'Architecture=module:Class' entries separated by ';', got {item!r}"
+                f"{variable}: expected 'Architecture=module:Class' entries separated by ';', got {item!r}"
             )
         entries[arch.strip()] = target.strip()
     return entries
 
 
+def add_env_entry(variable: str, architecture: str, model_class: str) -> dict[str, str]:
+    """Check an entry and add it to ``variable``; returns the entries it held before."""
+    module, _, name = model_class.partition(":")
+    if not module or not name or ":" in name:
+        raise RegistrationError(f"model_class must be 'module:Class', got {model_class!r}")
+    if any(c in text for c in "=;" for text in (architecture, model_class)):
+        raise RegistrationError(f"'=' and ';' cannot appear in {architecture!r} or {model_class!r}")
+    entries = env_entries(variable)
+    if entries.get(architecture, model_class) != model_class:
+        raise RegistrationError(
+            f"{architecture} is already registered as {entries[architecture]}; not replacing it with {model_class}"
+        )
+    os.environ[variable] = ";".join(f"{a}={t}" for a, t in {**entries, architecture: model_class}.items())
+    return entries
+
+
 def user_architectures() -> dict[str, str]:
-    return _parse_env(os.environ.get(ENV_MODELS, ""))
+    return env_entries(ENV_MODELS)
 
 
-def register_architecture(architecture: str, model_class: str) -> None:
+def register_architecture(architecture: str, model_class: str, overwrite: bool = False) -> None:
     """Register an out-of-tree vLLM model class (``"module:Class"``, imported lazily) for an HF
     ``architectures`` string, in this process and in every vLLM process started after this call
     (the entry is passed on in ``ROLL_INFER_VLLM_MODELS``). Call it before creating the engine.
-    Registering another class for a taken architecture is an error; the same one is a no-op."""
-    if model_class.count(":") != 1 or not all(model_class.split(":")):
-        raise RegistrationError(f"model_class must be 'module:Class', got {model_class!r}")
-    if ";" in model_class or "=" in model_class or "=" in architecture or ";" in architecture:
-        raise RegistrationError(f"'=' and ';' cannot appear in {architecture!r} or {model_class!r}")
-    taken = {**ENGINE_CLASSES, **user_architectures()}
-    if taken.get(architecture, model_class) != model_class:
+    Registering the same class again is a no-op; replacing another class, vLLM's own included,
+    needs ``overwrite=True``."""
+    from vllm import ModelRegistry
+
+    known = user_architectures()
+    if architecture in ModelRegistry.models and architecture not in known and not overwrite:
         raise RegistrationError(
-            f"{architecture} is already registered with vLLM as {taken[architecture]}; "
-            f"not replacing it with {model_class}"
+            f"vLLM already implements {architecture}; pass overwrite=True to serve it with {model_class} instead"
         )
-    taken = user_architectures()
-    taken[architecture] = model_class
-    os.environ[ENV_MODELS] = ";".join(f"{arch}={target}" for arch, target in taken.items())
+    if overwrite:
+        os.environ[ENV_MODELS] = ";".join(f"{a}={t}" for a, t in known.items() if a != architecture)
+    add_env_entry(ENV_MODELS, architecture, model_class)
     _register_models({architecture: model_class})
 
 
