@@ -227,12 +227,27 @@ def test_llama3_rope_parameters_reach_megatron():
         ("llama", "hidden_act", "gelu"),
         ("llama", "attention_bias", True),
         ("qwen2", "use_sliding_window", True),
+        ("seed_oss", "attention_out_bias", True),
+        ("seed_oss", "mlp_bias", True),
     ],
 )
 def test_config_the_template_cannot_represent_is_rejected(model_type, field, value):
     hf_config = {**tiny_hf_config(model_type).to_dict(), field: value}
     with pytest.raises(ConversionError, match=f"supports {field}="):
         get_template(model_type).convert_hf_to_mca_config(hf_config)
+
+
+def test_seed_oss_qkv_bias_and_residual_dropout_follow_the_config():
+    template = get_template("seed_oss")
+    mca = template.convert_hf_to_mca_config(tiny_hf_config("seed_oss").to_dict())
+    assert (mca["add_qkv_bias"], mca["hidden_dropout"], mca["attention_dropout"]) == (True, 0.1, 0.1)
+    plain = tiny_hf_config("seed_oss", attention_bias=False, residual_dropout=0.0)
+    mca = template.convert_hf_to_mca_config(plain.to_dict())
+    assert (mca["add_qkv_bias"], mca["hidden_dropout"]) == (False, 0.0)
+    # without attention_bias a q/k/v bias has nowhere to go
+    mapper = template.mapper(template.op_config(mca), to_mca=True)
+    with pytest.raises(ConversionError, match="'model.layers.0.self_attn.q_proj.bias' is not mapped"):
+        mapper.push("model.layers.0.self_attn.q_proj.bias", torch.zeros(plain.num_attention_heads * 32))
 
 
 def test_unsupported_rope_type_is_rejected():

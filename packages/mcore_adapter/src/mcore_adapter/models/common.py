@@ -101,8 +101,9 @@ def attention_ops(qkv_bias: bool = False, qk_norm: bool | str = False) -> list[C
     return ops
 
 
-def dense_weight_converters(qkv_bias: bool = False, qk_norm: bool = False) -> list[ConverOp]:
-    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names)."""
+def dense_weight_converters(qkv_bias: bool | str = False, qk_norm: bool = False) -> list[ConverOp]:
+    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names);
+    ``qkv_bias`` may name the Megatron field that turns the q/k/v biases on."""
     return [
         *global_ops(),
         *attention_ops(qkv_bias, qk_norm),

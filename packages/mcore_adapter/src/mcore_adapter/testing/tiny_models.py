@@ -46,6 +46,8 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "mistral": {"sliding_window": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
     "qwen2": {"use_sliding_window": False},
     "qwen3": {"use_sliding_window": False},
+    # q/k/v biases; residual and attention dropout as the hub config has them (off in eval)
+    "seed_oss": {"attention_bias": True, "residual_dropout": 0.1, "attention_dropout": 0.1},
     # roll_models' implementation (import roll_models first); its head is hidden / heads wide.
     "internlm2": {"hidden_size": 128, "bias": False},
     # Mixture of experts: 4 experts, top-2, so that routing (not one expert) decides the output.

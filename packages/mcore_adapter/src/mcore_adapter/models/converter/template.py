@@ -73,6 +73,7 @@ _BUILTIN_FAMILIES = (
     "mistral",
     "qwen2",
     "qwen3",
+    "seed_oss",
     "qwen2_vl",
     "qwen2_5_vl",
     "qwen2_moe",
