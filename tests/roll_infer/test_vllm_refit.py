@@ -258,3 +258,29 @@ def test_the_engine_processes_ran_the_plugin(refit):
     assert report["pid"] != os.getpid()
     assert set(roll_models_architectures()) <= set(report["architectures"])
     assert SHM_BACKEND in report["transfer_backends"]
+
+
+def test_sync_into_an_hf_moe_model_fills_its_fused_experts(megatron, tiny_checkpoint):
+    """transformers 5 keeps a MoE layer's experts fused in memory; the source sends the hub's
+    per-expert names, which the sink writes into the fused tensors' slices."""
+    from transformers import AutoModelForCausalLM
+
+    from mcore_adapter import AutoModel
+    from mcore_adapter.verify import megatron_logits
+    from roll_infer.testing import sgd_step_towards_random_targets
+    from roll_infer.weight_sync import McaWeightSource, sync_to_hf_model
+
+    hf_dir = tiny_checkpoint("qwen3_moe")
+    model = AutoModel.from_pretrained(str(hf_dir))
+    sgd_step_towards_random_targets(model)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    assert hf.model.layers[0].mlp.experts.gate_up_proj.dim() == 3  # fused in memory
+    tokens = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = hf(tokens).logits
+    sync_to_hf_model(McaWeightSource(model), hf)
+    expected = megatron_logits(model, tokens)
+    with torch.no_grad():
+        after = hf(tokens).logits
+    assert (after - before).abs().max().item() > 1e-2
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=0)
