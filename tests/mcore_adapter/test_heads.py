@@ -124,3 +124,16 @@ def test_head_models_at_tp2(heads, tmp_path):
     for head in HEADS:
         assert results[head] <= TOL, results
         assert results[f"{head}-round-trip"] == [], results
+
+
+@pytest.mark.parametrize("head", ["value", "reward"])
+def test_a_head_model_with_sequence_parallelism_is_refused(head, heads):
+    """The scalar head needs whole hidden states; sequence parallelism would hand each rank a
+    slice of the sequence, so the combination is refused rather than computed wrong."""
+    from mcore_adapter.models.converter.errors import ConversionError
+    from mcore_adapter.models.converter.hf_io import read_json
+    from mcore_adapter.models.model_config import McaModelConfig
+
+    hf_config = read_json(heads["qwen3", head] / "config.json")
+    with pytest.raises(ConversionError, match=f"a {head} model cannot use sequence_parallel=True"):
+        McaModelConfig.from_hf_config(hf_config, sequence_parallel=True, tensor_model_parallel_size=2)

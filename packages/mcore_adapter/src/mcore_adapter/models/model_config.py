@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import MLATransformerConfig
 
+from .converter.errors import ConversionError
 from .converter.layout import DEFAULT_VOCAB_DIVISOR, LAYOUT_FIELDS, padded_vocab_size
 from .converter.mca_io import McaCheckpointMeta
 from .converter.template import ARCH_FIELDS, get_template
@@ -61,6 +62,12 @@ class McaModelConfig(MLATransformerConfig):
     output_head_bias: bool = False
 
     def __post_init__(self):
+        if self.output_head and self.sequence_parallel:
+            raise ConversionError(
+                f"a {self.output_head} model cannot use sequence_parallel=True yet: its 1-wide output "
+                "layer is replicated over tensor-parallel ranks and needs whole hidden states, which "
+                "sequence parallelism splits over them; turn sequence_parallel off for this model"
+            )
         if self.swiglu:
             self.gated_linear_unit = True
             self.activation_func = F.silu
