@@ -7,7 +7,6 @@ tokens are checked against transformers before and after the step."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,19 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 @pytest.fixture(scope="module")
 def wrapped_lm():
-    # vLLM's processes import the engine class by name: the package must be importable there too.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))
-    sys.path.insert(0, str(EXAMPLES))
-    import wrapped_lm
+    from roll_infer.vllm.plugin import ENV_MODELS
 
-    wrapped_lm.register()
-    yield wrapped_lm
-    sys.path.remove(str(EXAMPLES))
+    with pytest.MonkeyPatch.context() as patch:
+        # vLLM's processes import the engine class by name: the package must be importable there.
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))
+        )
+        patch.syspath_prepend(str(EXAMPLES))
+        patch.delenv(ENV_MODELS, raising=False)  # register() sets it; undone with the rest
+        import wrapped_lm
+
+        wrapped_lm.register()
+        yield wrapped_lm
 
 
 def _checkpoint(path: Path) -> Path:
