@@ -1,4 +1,4 @@
-"""mrope positions of Qwen2-VL / Qwen2.5-VL against transformers' own ``get_rope_index``."""
+"""mrope of the Qwen-VL families against transformers: positions (Qwen2-VL, Qwen2.5-VL `get_rope_index`) and the interleaved rotary of Qwen3-VL."""
 
 from __future__ import annotations
 
@@ -90,3 +90,48 @@ def test_placeholders_without_a_grid_are_an_error():
         get_rope_index(input_ids, mm_token_types(input_ids, IMAGE, VIDEO), MERGE)
     with pytest.raises(ValueError, match="1 placeholder tokens .* gives 4"):
         get_rope_index(input_ids, mm_token_types(input_ids, IMAGE, VIDEO), MERGE, torch.tensor([[1, 4, 4]]))
+
+
+# ---------------------------------------------------------------------- interleaved (Qwen3-VL)
+def _qwen3_vl_rotary(head_dim: int, section: list[int], theta: float = 5000.0):
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
+
+    config = Qwen3VLTextConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        head_dim=head_dim,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": theta,
+            "mrope_section": section,
+            "mrope_interleaved": True,
+        },
+    )
+    return Qwen3VLTextRotaryEmbedding(config)
+
+
+@pytest.mark.parametrize(("head_dim", "section"), [(32, [6, 5, 5]), (64, [12, 10, 10]), (128, [24, 20, 20])])
+def test_interleaved_mrope_matches_transformers_qwen3_vl(megatron, head_dim, section):
+    from mcore_adapter.models.mrope_rotary import InterleavedMultimodalRotaryEmbedding
+
+    positions = torch.randint(0, 400, (3, 2, 17), generator=torch.Generator().manual_seed(0))
+    ours = InterleavedMultimodalRotaryEmbedding(kv_channels=head_dim, rotary_percent=1.0, rotary_base=5000)
+    angles = ours(positions, section)  # [seq, batch, 1, dim]
+    hf_cos, hf_sin = _qwen3_vl_rotary(head_dim, section)(torch.zeros(1, dtype=torch.float32), positions)
+    cos, sin = angles[:, :, 0].transpose(0, 1).cos(), angles[:, :, 0].transpose(0, 1).sin()
+    torch.testing.assert_close(cos, hf_cos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin, hf_sin, atol=1e-6, rtol=0)
+    # control: Megatron's contiguous sections (Qwen2-VL's layout) give other angles
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import MultimodalRotaryEmbedding
+
+    contiguous = MultimodalRotaryEmbedding(kv_channels=head_dim, rotary_percent=1.0, rotary_base=5000)
+    assert (contiguous(positions, section)[:, :, 0].transpose(0, 1).cos() - hf_cos).abs().max() > 1e-2
+
+
+def test_interleaved_mrope_refuses_sections_that_do_not_cover_the_frequencies(megatron):
+    from mcore_adapter.models.mrope_rotary import InterleavedMultimodalRotaryEmbedding
+
+    ours = InterleavedMultimodalRotaryEmbedding(kv_channels=32, rotary_percent=1.0)
+    with pytest.raises(ValueError, match=r"mrope_section \[4, 4, 4\] must cover the 16 rotary frequencies"):
+        ours(torch.zeros(3, 1, 4, dtype=torch.long), [4, 4, 4])
