@@ -24,6 +24,12 @@ def hf_model(model_type: str):
         if model_type == "qwen2_vl"
         else {"intermediate_size": 32, "out_hidden_size": 32}
     )
+    if model_type == "qwen3_vl":
+        text.update(
+            head_dim=16,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+        )
+        vision.update(deepstack_visual_indexes=[0])
     config = AutoConfig.for_model(
         model_type,
         text_config=text,
@@ -82,6 +88,48 @@ def test_positions_match_transformers(model_type, case):
     if intervals:  # control: Qwen2.5-VL's frame spacing is not Qwen2-VL's
         unspaced, _ = get_rope_index(input_ids, types, MERGE, image_grid, video_grid, attention_mask)
         assert not torch.equal(unspaced, expected)
+
+
+def _frames_apart(frames: int, tokens_per_frame: int) -> list[int]:
+    """A Qwen3-VL video in a prompt: each frame after its timestamp text, in its own vision span."""
+    return [t for f in range(frames) for t in (40 + f, 41, START, *[VIDEO] * tokens_per_frame, END)]
+
+
+QWEN3_VL_CASES = {
+    **{
+        name: CASES[name]
+        for name in ("text", "one image", "two images of different sizes", "batch with left padding")
+    },
+    "video, frames apart": ([[3, 4, *_frames_apart(3, 4), 2]], None, [[3, 4, 4]]),
+    "image and video": (
+        [vl_prompt(2, ("image", (1, 2, 4)), 1) + _frames_apart(2, 2)],
+        [[1, 2, 4]],
+        [[2, 2, 4]],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(QWEN3_VL_CASES))
+def test_qwen3_vl_positions_match_transformers(case):
+    rows, images, videos = QWEN3_VL_CASES[case]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    attention_mask = (torch.arange(width) >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
+    image_grid = torch.tensor(images) if images else None
+    video_grid = torch.tensor(videos) if videos else None
+    types = mm_token_types(input_ids, IMAGE, VIDEO)
+    expected, expected_deltas = hf_model("qwen3_vl").get_rope_index(
+        input_ids,
+        types,
+        image_grid,
+        None if video_grid is None else video_grid.clone(),
+        attention_mask=attention_mask,
+    )
+    actual, deltas = get_rope_index(
+        input_ids, types, MERGE, image_grid, video_grid, attention_mask, frames_apart=True
+    )
+    assert torch.equal(actual, expected)
+    assert torch.equal(deltas, expected_deltas)
 
 
 def test_placeholders_without_a_grid_are_an_error():

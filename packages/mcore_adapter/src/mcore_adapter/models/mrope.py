@@ -41,14 +41,20 @@ def get_rope_index(
     video_grid_thw: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     video_time_intervals: Sequence[float] | None = None,
+    frames_apart: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Position ids ``[3, batch, seq]`` and each sequence's ``max position + 1 - length``
     (``[batch, 1]``, what generation adds to later positions).
 
     ``video_time_intervals`` gives each video's spacing of temporal patches (Qwen2.5-VL:
     ``tokens_per_second * second_per_grid_t``); ``None`` spaces them by one (Qwen2-VL).
+    ``frames_apart`` (Qwen3-VL): each temporal patch of a video is its own placeholder group,
+    between timestamp text, positioned as a one-frame grid where the text left off.
     Padding (``attention_mask == 0``) gets position 0.
     """
+    if frames_apart and video_grid_thw is not None:
+        video_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+        video_grid_thw[:, 0] = 1
     grids = {
         IMAGE: iter(image_grid_thw.tolist() if image_grid_thw is not None else []),
         VIDEO: iter(video_grid_thw.tolist() if video_grid_thw is not None else []),
