@@ -138,20 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 
     llm = None
     if not args.no_engine:
-        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-
-        from roll_infer.testing import close_engine, tiny_engine
-        from roll_infer.vllm.client import LLMWeightSyncClient
-        from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
+        from roll_infer.testing import close_engine, shm_trainer, tiny_engine
 
         llm = tiny_engine(hf_dir, dtype={"bf16": "bfloat16", "fp32": "float32"}[args.dtype], max_model_len=64)
         try:
             for bucket in args.buckets:
-                trainer = WeightTransferTrainerFactory.trainer_init(
-                    SharedMemoryTrainerInitInfo(rank=0, bucket_bytes=bucket * MIB),
-                    client=LLMWeightSyncClient(llm),
-                    source=McaWeightSource(model, bucket_bytes=bucket * MIB),
-                )
+                source = McaWeightSource(model, bucket_bytes=bucket * MIB)
+                trainer = shm_trainer(llm, source, bucket_bytes=bucket * MIB)
                 trainer.send_weights()  # first use maps the segment in both processes
                 seconds, peak = measure(trainer.send_weights, args.repeat)
                 trainer.shutdown()

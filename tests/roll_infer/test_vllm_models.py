@@ -37,19 +37,16 @@ def _hf(path):
 def test_engine_matches_transformers_and_takes_a_refit(
     case, megatron, tiny_checkpoint, tmp_path, record_strategy
 ):
-    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-
     from mcore_adapter import AutoModel
     from roll_infer.testing import (
         close_engine,
         hf_greedy,
         max_logprob_diff,
         sgd_step_towards_random_targets,
+        shm_trainer,
         tiny_engine,
         vllm_greedy,
     )
-    from roll_infer.vllm.client import LLMWeightSyncClient
-    from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
     from roll_infer.weight_sync import McaWeightSource
 
     model_type, overrides = CASES[case]
@@ -73,9 +70,7 @@ def test_engine_matches_transformers_and_takes_a_refit(
         assert before <= TOL
 
         sgd_step_towards_random_targets(model)
-        trainer = WeightTransferTrainerFactory.trainer_init(
-            SharedMemoryTrainerInitInfo(rank=0), client=LLMWeightSyncClient(llm), source=source
-        )
+        trainer = shm_trainer(llm, source)
         trainer.send_weights(weight_version="1")
         trainer.shutdown()
         model.save_pretrained_as_hf(tmp_path / "ref")

@@ -15,18 +15,6 @@ pytestmark = pytest.mark.slow
 LOGPROB_TOL = 1e-4
 
 
-def _step(model, seed: int) -> None:
-    """An SGD step on a random objective: moves every weight (the exact loss does not matter)."""
-    torch.manual_seed(seed)
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    tokens = torch.randint(0, 128, (2, 12))
-    model(tokens).float().pow(2).mean().backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    model.eval()
-
-
 def _reference(model, path):
     """transformers' greedy tokens/logprobs on an export of ``model``'s current weights."""
     from transformers import AutoModelForCausalLM
@@ -42,24 +30,15 @@ class Refit:
     trainer side of a ``roll_shm`` transfer."""
 
     def __init__(self, model, llm, tmp):
-        from roll_infer.vllm.client import LLMWeightSyncClient
-
         self.model, self.llm, self.tmp = model, llm, tmp
-        self.client = LLMWeightSyncClient(llm)
         self.trainers = []
         self.version = 0
 
     def trainer(self, source=None, bucket_bytes: int = 1 << 20):
-        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-
-        from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
+        from roll_infer.testing import shm_trainer
         from roll_infer.weight_sync import McaWeightSource
 
-        trainer = WeightTransferTrainerFactory.trainer_init(
-            SharedMemoryTrainerInitInfo(rank=0, bucket_bytes=bucket_bytes),
-            client=self.client,
-            source=source or McaWeightSource(self.model),
-        )
+        trainer = shm_trainer(self.llm, source or McaWeightSource(self.model), bucket_bytes=bucket_bytes)
         self.trainers.append(trainer)
         return trainer
 
@@ -100,10 +79,10 @@ def test_vllm_generates_what_transformers_does_from_a_megatron_export(refit, rec
 
 @pytest.mark.parametrize("bucket_bytes", [1 << 20, 4096], ids=["bucket-1MiB", "bucket-smaller-than-a-layer"])
 def test_refit_after_an_optimizer_step_reaches_the_engine(refit, bucket_bytes, record_strategy):
-    from roll_infer.testing import max_logprob_diff, vllm_greedy
+    from roll_infer.testing import max_logprob_diff, sgd_step_towards_random_targets, vllm_greedy
 
     before, _ = vllm_greedy(refit.llm)
-    _step(refit.model, seed=refit.version)
+    sgd_step_towards_random_targets(refit.model, seed=refit.version)
     stats = refit.sync(bucket_bytes=bucket_bytes)
     ref_tokens, ref_logprobs = refit.reference()
     tokens, logprobs = vllm_greedy(refit.llm)
@@ -170,12 +149,12 @@ BAD_SYNCS = {
 
 @pytest.mark.parametrize("case", list(BAD_SYNCS))
 def test_a_bad_sync_names_the_tensor_and_leaves_the_engine_on_its_version(refit, case):
-    from roll_infer.testing import vllm_greedy
+    from roll_infer.testing import sgd_step_towards_random_targets, vllm_greedy
     from roll_infer.weight_sync import McaWeightSource, WeightSyncError
 
     make, message = BAD_SYNCS[case]
     good_version = refit.llm.get_weight_version()
-    _step(refit.model, seed=100 + len(refit.trainers))
+    sgd_step_towards_random_targets(refit.model, seed=100 + len(refit.trainers))
     source = (
         McaWeightSource(refit.model, dtype=torch.bfloat16)
         if make is None

@@ -33,27 +33,25 @@ def _refit(hf_dir: str, tmp: str) -> list[dict]:
 def _refit_layouts(hf_dir: str, tmp: str, rank: int, llm) -> list[dict]:
     from megatron.core import parallel_state
     from transformers import AutoModelForCausalLM
-    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
     from mcore_adapter import AutoModel
     from mcore_adapter.parallel import initialize_model_parallel
-    from roll_infer.testing import hf_greedy, max_logprob_diff, sgd_step_towards_random_targets, vllm_greedy
-    from roll_infer.vllm.client import LLMWeightSyncClient
-    from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
+    from roll_infer.testing import (
+        hf_greedy,
+        max_logprob_diff,
+        sgd_step_towards_random_targets,
+        shm_trainer,
+        vllm_greedy,
+    )
     from roll_infer.weight_sync import McaWeightSource
 
-    client = LLMWeightSyncClient(llm)  # only the sender (rank 0) calls it
     results = []
     for index, layout in enumerate(LAYOUTS):
         initialize_model_parallel(**layout)
         model = AutoModel.from_pretrained(hf_dir)
         before = vllm_greedy(llm)[0] if rank == 0 else None
         sgd_step_towards_random_targets(model, seed=index)
-        trainer = WeightTransferTrainerFactory.trainer_init(
-            SharedMemoryTrainerInitInfo(rank=rank, bucket_bytes=64 << 10),
-            client=client,
-            source=McaWeightSource(model),
-        )
+        trainer = shm_trainer(llm, McaWeightSource(model), rank=rank, bucket_bytes=64 << 10)
         stats = trainer.send_weights(weight_version=f"layout-{index}")
         split = _split_source_report(model)
         out = f"{tmp}/ref-{index}"

@@ -111,3 +111,17 @@ def sgd_step_towards_random_targets(model: Any, seed: int = 0, lr: float = 0.1) 
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
+
+
+def shm_trainer(llm: Any, source: Any, rank: int = 0, **init: Any):
+    """The trainer side of a ``roll_shm`` transfer into ``llm`` (the calls of the README and
+    docs/new_architecture.md); ``llm`` is only used on rank 0, the sender. ``init``: the
+    backend's init fields (``bucket_bytes``, ``directory``)."""
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+    from roll_infer.vllm.client import LLMWeightSyncClient
+    from roll_infer.vllm.shm_transfer import SharedMemoryTrainerInitInfo
+
+    return WeightTransferTrainerFactory.trainer_init(
+        SharedMemoryTrainerInitInfo(rank=rank, **init), client=LLMWeightSyncClient(llm), source=source
+    )
