@@ -79,6 +79,10 @@ def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
             ("mixtral", "", "TP2 ETP1", "allgather", None),
             ("deepseek_v3", "q_lora_rank=None", "EP2", "alltoall", None),
             ("deepseek_v3", "MTP", "PP2", "alltoall", EP2),  # MTP on the last stage, with its embedding
+            # Vision-language MoE: text and image prompts; deepstack layers on the first stage.
+            ("qwen3_vl_moe", "", "EP2", "alltoall", TP2),
+            ("qwen3_vl_moe", "", "TP2", "allgather", None),
+            ("qwen3_vl_moe", "", "PP2", "alltoall", None),
         ]
         return specs
     specs = [(t, "", "TP2xEP2", "alltoall", None) for t in MOE_MODELS]
@@ -87,6 +91,7 @@ def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
         ("glm4_moe", "", "PP2xEP2", "alltoall", TP2),
         ("deepseek_v3", "", "TP2xPP2", "allgather", EP2),
         ("deepseek_v3", "MTP", "TP2xEP2", "alltoall", None),
+        ("qwen3_vl_moe", "", "TP2xEP2", "alltoall", None),
     ]
     return specs
 
@@ -106,6 +111,8 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
         # Vision-language: the tower on the first stage, replicated over TP; text and image prompts.
         vision = [("qwen2_vl", False, "TP2", PP2), ("qwen2_vl", True, "PP2", None)]
         vision += [("qwen2_5_vl", True, "TP2", None), ("qwen2_5_vl", False, "PP2", TP2)]
+        # Qwen3-VL: deepstack layers 0 and 1, both on the first of the two stages.
+        vision += [("qwen3_vl", False, "TP2", PP2), ("qwen3_vl", True, "PP2", TP2)]
         return [*specs, *vision]
     specs = [(t, tie, "TP2xPP2", None) for t in types for tie in (False, True)]
     specs[0] = (*specs[0][:3], TP4)

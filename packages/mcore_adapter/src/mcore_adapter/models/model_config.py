@@ -55,7 +55,8 @@ class McaModelConfig(MLATransformerConfig):
     sliding_window: int | None = None
     hf_config: dict[str, Any] | None = field(default=None, repr=False)
     hf_weight_dtype: str = "float32"
-    # How the HF checkpoint stored its experts ("per_expert" or "fused"): an export writes the same.
+    # How the HF checkpoint stored its experts ("per_expert", "fused" or "fused_transposed", see
+    # converter.fused_experts): an export writes the same.
     hf_expert_layout: str = "per_expert"
     # A value ("value": per token) or reward ("reward": per sequence) model: a 1-wide output head.
     output_head: str | None = None

@@ -18,6 +18,7 @@ import torch
 
 from .. import platform
 from .auto.config_auto import _import
+from .converter.errors import ConversionError
 from .model import McaGPTModel
 from .model_config import McaModelConfig
 from .mrope import get_rope_index, mm_token_types
@@ -33,6 +34,15 @@ class VisionLanguageConfig(McaModelConfig):
     # compare with), sdpa on GPU.
     vision_attn_implementation: str | None = None
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sequence_parallel:
+            raise ConversionError(
+                "a vision-language model cannot use sequence_parallel=True yet: its vision features "
+                "replace placeholder tokens across the whole sequence, which sequence parallelism "
+                "splits over tensor-parallel ranks; turn sequence_parallel off for this model"
+            )
+
 
 class VisionLanguageModel(McaGPTModel):
     config_class = VisionLanguageConfig
@@ -41,6 +51,8 @@ class VisionLanguageModel(McaGPTModel):
     vision_tower_class: str = ""
     # Forward inputs that only the positions use (e.g. Qwen2.5-VL's second_per_grid_ts).
     position_inputs: tuple[str, ...] = ()
+    # Qwen3-VL: each video frame is its own placeholder group between timestamp text.
+    video_frames_apart: bool = False
 
     def __init__(self, config: VisionLanguageConfig, pre_process=None, post_process=None, vp_stage=None):
         super().__init__(config, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
@@ -79,11 +91,39 @@ class VisionLanguageModel(McaGPTModel):
             video_grid_thw,
             attention_mask,
             video_time_intervals=self.video_time_intervals(video_grid_thw, **kwargs),
+            frames_apart=self.video_frames_apart,
         )
 
     def video_time_intervals(self, video_grid_thw: torch.Tensor | None, **kwargs: Any) -> list[float] | None:
         """Each video's spacing of temporal rope positions; ``None``: one per temporal patch."""
         return None
+
+    def vision_outputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+    ) -> list[tuple[torch.Tensor, Any]]:
+        """For images, then videos, if given: the placeholder mask ``[b, s]`` and the tower's output
+        (``pooler_output``: one feature per placeholder, in ``[b, s]`` order)."""
+        out = []
+        for pixels, grid, token in (
+            (pixel_values, image_grid_thw, self.config.image_token_id),
+            (pixel_values_videos, video_grid_thw, self.config.video_token_id),
+        ):
+            if pixels is None:
+                continue
+            output = self.vision_model(pixels.to(self.vision_model.dtype), grid_thw=grid)
+            mask = input_ids == token
+            if int(mask.sum()) != output.pooler_output.shape[0]:
+                raise ValueError(
+                    f"{int(mask.sum())} placeholder tokens (id {token}) but the vision tower gave "
+                    f"{output.pooler_output.shape[0]} features; the prompt and the grid do not match"
+                )
+            out.append((mask, output))
+        return out
 
     def embed(
         self,
@@ -92,23 +132,18 @@ class VisionLanguageModel(McaGPTModel):
         image_grid_thw: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
+        vision: list[tuple[torch.Tensor, Any]] | None = None,
     ) -> torch.Tensor:
-        """Token embeddings ``[s, b, h]`` with the vision tower's outputs at the placeholders."""
+        """Token embeddings ``[s, b, h]`` with the vision tower's outputs at the placeholders
+        (``vision``: ``vision_outputs`` already computed)."""
+        if vision is None:
+            vision = self.vision_outputs(
+                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+            )
         embeddings = self.embedding(input_ids=input_ids, position_ids=None).transpose(0, 1)  # [b, s, h]
-        for pixels, grid, token in (
-            (pixel_values, image_grid_thw, self.config.image_token_id),
-            (pixel_values_videos, video_grid_thw, self.config.video_token_id),
-        ):
-            if pixels is None:
-                continue
-            features = self.vision_model(pixels.to(self.vision_model.dtype), grid_thw=grid).pooler_output
-            mask = input_ids == token
-            if int(mask.sum()) != features.shape[0]:
-                raise ValueError(
-                    f"{int(mask.sum())} placeholder tokens (id {token}) but the vision tower gave "
-                    f"{features.shape[0]} features; the prompt and the grid do not match"
-                )
-            embeddings = embeddings.masked_scatter(mask[..., None], features.to(embeddings.dtype))
+        for mask, output in vision:
+            features = output.pooler_output.to(embeddings.dtype)
+            embeddings = embeddings.masked_scatter(mask[..., None], features)
         return embeddings.transpose(0, 1).contiguous()
 
     def forward(

@@ -8,6 +8,7 @@ from .tiny_models import (
     make_tiny_head_checkpoint,
     make_tiny_hf_checkpoint,
     save_with_fused_experts,
+    save_with_transposed_fused_experts,
     tiny_hf_config,
     vl_prompt,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "make_tiny_head_checkpoint",
     "make_tiny_hf_checkpoint",
     "save_with_fused_experts",
+    "save_with_transposed_fused_experts",
     "tiny_hf_config",
     "vl_prompt",
 ]

@@ -131,6 +131,19 @@ VL_TOKENS = {
     "vision_start_token_id": 153,
     "vision_end_token_id": 154,
 }
+_QWEN3_VISION: dict[str, Any] = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 128,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "in_channels": 3,
+    "num_position_embeddings": 36,
+    "deepstack_visual_indexes": [0, 1],
+}
 TINY_VL_MODELS: dict[str, dict[str, Any]] = {
     "qwen2_vl": {
         "vision_config": {
@@ -161,6 +174,24 @@ TINY_VL_MODELS: dict[str, dict[str, Any]] = {
             "tokens_per_second": 2,
         },
     },
+    # Deepstack after decoder layers 0 and 1 (from vision blocks 0 and 1); 4 decoder layers, so
+    # that PP2 keeps both on the first stage; a 6 x 6 learned position grid, interpolated.
+    "qwen3_vl": {
+        "vision_config": _QWEN3_VISION,
+        "text_config": {"num_hidden_layers": 4, "head_dim": 32},
+    },
+    # The MoE decoder: 4 experts, top-2, a dense layer (1) between expert layers.
+    "qwen3_vl_moe": {
+        "vision_config": _QWEN3_VISION,
+        "text_config": {
+            "num_hidden_layers": 4,
+            "head_dim": 32,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "mlp_only_layers": [1],
+        },
+    },
 }
 
 
@@ -168,8 +199,9 @@ def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrid
     from transformers import AutoConfig
 
     if model_type in TINY_VL_MODELS:
-        text = {**_VL_TEXT, **overrides.pop("text_config", {})}
-        kwargs = {**TINY_VL_MODELS[model_type], **VL_TOKENS, "text_config": text}
+        family = dict(TINY_VL_MODELS[model_type])
+        text = {**_VL_TEXT, **family.pop("text_config", {}), **overrides.pop("text_config", {})}
+        kwargs = {**family, **VL_TOKENS, "text_config": text}
         return AutoConfig.for_model(
             model_type, **kwargs, tie_word_embeddings=tie_word_embeddings, **overrides
         )
@@ -275,6 +307,33 @@ def save_with_fused_experts(hf_dir: str | os.PathLike, path: str | os.PathLike) 
     path.mkdir(parents=True)
     shutil.copyfile(Path(hf_dir) / "config.json", path / "config.json")
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def save_with_transposed_fused_experts(hf_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """The checkpoint at ``hf_dir`` re-saved with fused expert tensors stored transposed, as the
+    hub has Qwen3-VL-MoE's: ``mlp.experts.gate_up_proj [E, H, 2I]`` (columns: gate then up) and
+    ``down_proj [E, I, H]`` (transformers' in-memory ``[E, 2I, H]`` / ``[E, H, I]`` with the last
+    two dims swapped). A per-expert checkpoint is fused first (``save_with_fused_experts``); one
+    transformers saved fused (Qwen3-VL-MoE's) is transposed as it is."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    fused_names = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(hf_dir)
+        if not any(name.endswith(fused_names) for name in load_file(source / "model.safetensors")):
+            source = save_with_fused_experts(hf_dir, Path(tmp) / "fused")
+        tensors = load_file(source / "model.safetensors")
+        path.mkdir(parents=True)
+        shutil.copyfile(source / "config.json", path / "config.json")
+    for name, tensor in tensors.items():
+        if name.endswith(fused_names):
+            tensors[name] = tensor.transpose(1, 2).contiguous()
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     return path
 

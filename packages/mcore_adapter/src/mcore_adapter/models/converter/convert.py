@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .atomic import check_output_dir, staged_output_dir
 from .buffers import Scratch
 from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
-from .fused_experts import FUSED, PER_EXPERT
+from .fused_experts import EXPERT_LAYOUTS, FUSED_TRANSPOSED, PER_EXPERT
 from .hf_io import (
     HF_CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -173,9 +173,10 @@ class HFSource:
                     problems.add(f"{name}: {describe(expected, tuple(tensor.shape))}")
                 elif part.fused not in fused_reported:  # once per fused tensor, under its own name
                     fused_reported.add(part.fused)
+                    stored = ", stored transposed" if part.transposed else ""
                     problems.add(
-                        f"{part.fused} (fused experts): each expert's {name.rsplit('.', 2)[-2]} block is "
-                        f"{tuple(tensor.shape)}, the config implies {expected}"
+                        f"{part.fused} (fused experts{stored}): each expert's {name.rsplit('.', 2)[-2]} "
+                        f"block is {tuple(tensor.shape)}, the config implies {expected}"
                     )
                 tensor = torch.empty(expected, dtype=tensor.dtype, device="meta")
             yield from mapper.push(name, tensor)
@@ -463,7 +464,20 @@ def write_hf(
     expert_layout: str = PER_EXPERT,
 ) -> ConversionReport:
     """Write canonical weights (``weights(meta)`` gives them, twice) as HF safetensors, the
-    experts in ``expert_layout`` (per-expert tensors, or transformers' fused ones)."""
+    experts in ``expert_layout`` (``PER_EXPERT`` tensors, transformers' ``FUSED`` ones, or fused
+    ones stored transposed where the template allows it, ``FUSED_TRANSPOSED``)."""
+    if expert_layout not in EXPERT_LAYOUTS:
+        raise ConversionError(f"expert layout {expert_layout!r} is not one of {EXPERT_LAYOUTS}")
+    if expert_layout == PER_EXPERT and template.hf_fused_experts_transposed:
+        # Such a family's checkpoints only ever store experts fused and transposed (the hub's
+        # layout): transformers would not load per-expert names. A Megatron checkpoint that does
+        # not say how its HF source stored them is written in the hub's layout.
+        expert_layout = FUSED_TRANSPOSED
+    if expert_layout == FUSED_TRANSPOSED and not template.hf_fused_experts_transposed:
+        raise ConversionError(
+            f"the checkpoint's experts were stored fused and transposed, which the "
+            f"{template.hf_model_type!r} template does not write (it has no hf_fused_experts_transposed)"
+        )
     op_config = template.op_config(mca_kwargs)
     plan: dict[str, tuple[torch.Size, torch.dtype]] = {}
     mapper = template.mapper(op_config, to_mca=False)
@@ -472,8 +486,9 @@ def write_hf(
             plan[hf_name] = (hf_tensor.shape, dtype)
     mapper.finish()
     extra: dict[str, Any] = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
-    if expert_layout == FUSED:
-        plan, extra["parts"] = template.fused_experts().fused_plan(plan)
+    if expert_layout != PER_EXPERT:
+        transposed = expert_layout == FUSED_TRANSPOSED
+        plan, extra["parts"] = template.fused_experts().fused_plan(plan, transposed=transposed)
     writer = SafetensorsWriter(tmp, plan, **extra)
     if progress:
         files = len(set(writer.weight_map.values()))

@@ -15,7 +15,7 @@ import torch
 
 from .buffers import Scratch
 from .errors import CheckpointError
-from .fused_experts import FUSED, PER_EXPERT, Part
+from .fused_experts import FUSED, FUSED_TRANSPOSED, PER_EXPERT, Part
 
 HF_CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -43,9 +43,10 @@ class HFCheckpoint:
     """An HF model directory, read lazily: tensors are loaded one at a time, file by file.
 
     With ``unfold_experts`` a mixture-of-experts checkpoint saved with transformers' fused
-    in-memory expert tensors reads as the hub's per-expert tensors (the names templates
-    convert), each expert read alone (see ``fused_experts``); ``expert_layout`` says which
-    layout the files have."""
+    in-memory expert tensors, or with fused tensors stored transposed (as the hub has
+    Qwen3-VL-MoE's), reads as the hub's per-expert tensors (the names templates convert), each
+    expert read alone (see ``fused_experts``); ``expert_layout`` says which layout the files
+    have (``PER_EXPERT``, ``FUSED`` or ``FUSED_TRANSPOSED``)."""
 
     def __init__(self, path: str | os.PathLike, unfold_experts: bool = False):
         self.path = Path(path)
@@ -56,13 +57,15 @@ class HFCheckpoint:
         self.weight_map = self._weight_map()
         self.parts: dict[str, Part] = {}
         self.expert_layout = PER_EXPERT
+        # The expert block a transposed part was last read from (its next part reads from it).
+        self._block: tuple[tuple[Path, str, int], torch.Tensor] | None = None
         if unfold_experts:
             self._unfold_experts()
 
     def _unfold_experts(self) -> None:
         from .template import get_template
 
-        fused = get_template(self.config.get("model_type")).fused_experts()
+        fused = get_template(self.config.get("model_type")).fused_experts(self.config)
         if not fused:
             return
         weight_map: dict[str, str] = {}
@@ -76,8 +79,29 @@ class HFCheckpoint:
             for virtual, part in parts.items():
                 weight_map[virtual] = filename
                 self.parts[virtual] = part
-        if self.parts:
-            self.weight_map, self.expert_layout = weight_map, FUSED
+        if not self.parts:
+            return
+        transposed = sorted({p.fused for p in self.parts.values() if p.transposed})
+        in_memory = sorted(
+            {p.fused for p in self.parts.values() if not p.transposed and fused.transposable(p.fused)}
+        )
+        if transposed and in_memory:
+            shapes = {name: self._header(self.weight_map[name]).tensors[name][1] for name in in_memory}
+            square = [name for name, shape in shapes.items() if len(shape) == 3 and shape[1] == shape[2]]
+            hint = (
+                f" ({square[0]} is square, {shapes[square[0]]}: like transformers, a square tensor is "
+                "taken as in the in-memory layout)"
+                if square
+                else ""
+            )
+            raise CheckpointError(
+                f"{self.path} mixes the two orientations of fused expert tensors: {len(transposed)} "
+                f"stored transposed (e.g. {transposed[0]}), {len(in_memory)} as transformers holds them "
+                f"(e.g. {in_memory[0]}){hint}; a checkpoint is converted back in one layout, so re-save "
+                "it with one orientation"
+            )
+        self.weight_map = weight_map
+        self.expert_layout = FUSED_TRANSPOSED if transposed else FUSED
 
     def _weight_map(self) -> dict[str, str]:
         index = self.path / SAFE_WEIGHTS_INDEX_NAME
@@ -146,12 +170,37 @@ class HFCheckpoint:
         parses its header each time, slow for the thousands of experts in a MoE shard."""
         part = self.parts.get(name)
         dtype, shape, begin = header.tensors[part.fused if part else name]
+        if part is not None and part.transposed:
+            return self._read_transposed(header, name, part, meta)
         if part is not None and part.expert is not None:
             begin += part.element_offset(shape) * dtype.itemsize
             shape = part.shape
         if meta:
             return torch.empty(shape, dtype=dtype, device="meta")
-        out = torch.empty(shape, dtype=dtype)
+        return self._read_into(header, name, begin, torch.empty(shape, dtype=dtype))
+
+    def _read_transposed(self, header: _ShardHeader, name: str, part: Part, meta: bool) -> torch.Tensor:
+        """A part of a fused tensor stored transposed: its columns of the expert's contiguous
+        block ``[columns, n x rows]`` (read whole, once for all its parts read in a row),
+        transposed into fresh memory."""
+        dtype, shape, begin = header.tensors[part.fused]
+        if meta:
+            return torch.empty(part.shape, dtype=dtype, device="meta")
+        key = (header.file, part.fused, part.expert)
+        if self._block is None or self._block[0] != key:
+            self._block = None  # before the next block is read: one in memory at a time
+            block = torch.empty(part.block_shape(shape), dtype=dtype)
+            begin += part.element_offset(shape) * dtype.itemsize
+            self._block = (key, self._read_into(header, name, begin, block))
+        block = self._block[1]
+        out = torch.empty(part.shape, dtype=dtype)
+        out.copy_(block[:, part.rows].t())
+        if part.rows.stop == block.shape[1]:  # the expert's last part
+            self._block = None
+        return out
+
+    @staticmethod
+    def _read_into(header: _ShardHeader, name: str, begin: int, out: torch.Tensor) -> torch.Tensor:
         if out.numel():
             view = out.reshape(-1).view(torch.uint8).numpy()
             with open(header.file, "rb", buffering=0) as f:
@@ -247,7 +296,9 @@ class SafetensorsWriter:
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
         parts: Mapping[str, Part] | None = None,
     ):
-        """``parts`` names tensors that are written into a planned (fused) tensor, in place."""
+        """``parts`` names tensors that are written into a planned (fused) tensor, in place; a
+        transposed part is strided there, so its expert's block is filled in memory and written
+        whole once all its parts arrived (only blocks in progress are held)."""
         self.path = Path(path)
         self.parts = dict(parts or {})
         shards: list[dict[str, tuple[Sequence[int], torch.dtype]]] = [{}]
@@ -296,6 +347,13 @@ class SafetensorsWriter:
         fused = {part.fused for part in self.parts.values()}
         self._pending = (set(self._slots) - fused) | set(self.parts)
         self._scratch = Scratch()
+        # Transposed parts: how many each expert block holds, and the blocks being filled.
+        self._block_parts: dict[tuple[str, int], int] = {}
+        for part in self.parts.values():
+            if part.transposed:
+                key = (part.fused, part.expert)
+                self._block_parts[key] = self._block_parts.get(key, 0) + 1
+        self._blocks: dict[tuple[str, int], list] = {}
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one planned tensor, cast to its planned dtype (a view of any strides will do);
@@ -304,8 +362,8 @@ class SafetensorsWriter:
             raise ValueError(f"tensor {name!r} is not in the planned output")
         if name not in self._pending:
             raise ValueError(f"tensor {name!r} written twice")
-        if name in self.parts:
-            part = self.parts[name]
+        part = self.parts.get(name)
+        if part is not None:
             index, offset, fused_shape, dtype = self._slots[part.fused]
             offset += part.element_offset(fused_shape) * dtype.itemsize
             shape = part.shape
@@ -315,6 +373,18 @@ class SafetensorsWriter:
             raise ValueError(
                 f"tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned as {shape} {dtype}"
             )
+        if part is not None and part.transposed:
+            key = (part.fused, part.expert)
+            entry = self._blocks.get(key)
+            if entry is None:
+                entry = self._blocks[key] = [torch.empty(part.block_shape(fused_shape), dtype=dtype), 0]
+            entry[0][:, part.rows].copy_(tensor.detach().t())
+            entry[1] += 1
+            self._pending.discard(name)
+            if entry[1] < self._block_parts[key]:
+                return
+            del self._blocks[key]
+            name, tensor = f"{part.fused} (expert {part.expert})", entry[0]
         data = self._scratch.contiguous(tensor.detach(), dtype).reshape(-1).view(torch.uint8).numpy()
         if os.pwrite(self._fds[index], data, offset) != data.nbytes:
             raise OSError(f"short write of {name!r} to {self.path}")
@@ -325,8 +395,15 @@ class SafetensorsWriter:
             os.close(fd)
         self._fds = []
         if self._pending:
+            blocks = (
+                f" ({len(self._blocks)} fused expert block(s) left incomplete, not written)"
+                if self._blocks
+                else ""
+            )
+            self._blocks = {}
             raise ValueError(
                 f"{len(self._pending)} planned tensor(s) never written, e.g. {sorted(self._pending)[:5]}"
+                + blocks
             )
         if len(set(self.weight_map.values())) > 1:
             write_json(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .buffers import Scratch
-from .fused_experts import PER_EXPERT
+from .fused_experts import EXPERT_LAYOUTS, PER_EXPERT
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
 from .template import ARCH_FIELDS, ConversionError, as_json, get_template
@@ -103,7 +103,8 @@ class McaCheckpointMeta:
     hf_config: dict[str, Any] | None
     checkpoint_format: str
     hf_weight_dtype: str = "float32"
-    hf_expert_layout: str = PER_EXPERT  # the HF checkpoint's expert tensors (see fused_experts)
+    # the HF checkpoint's expert tensors: per_expert, fused or fused_transposed (see fused_experts)
+    hf_expert_layout: str = PER_EXPERT
     extra: dict[str, Any] = field(default_factory=dict)
     hf_config_error: str | None = field(default=None, compare=False)
 
@@ -184,6 +185,10 @@ class McaCheckpointMeta:
         if data["checkpoint_format"] not in FORMATS:
             raise CheckpointError(
                 f"{file}: checkpoint_format {data['checkpoint_format']!r} is not one of {FORMATS}"
+            )
+        if data.get("hf_expert_layout", PER_EXPERT) not in EXPERT_LAYOUTS:
+            raise CheckpointError(
+                f"{file}: hf_expert_layout {data['hf_expert_layout']!r} is not one of {EXPERT_LAYOUTS}"
             )
         return cls(
             hf_model_type=data["hf_model_type"],

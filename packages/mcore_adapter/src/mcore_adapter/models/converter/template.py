@@ -76,6 +76,8 @@ _BUILTIN_FAMILIES = (
     "seed_oss",
     "qwen2_vl",
     "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_vl_moe",
     "qwen2_moe",
     "qwen3_moe",
     "mixtral",
@@ -252,6 +254,10 @@ class Template:
     # transformers' fused in-memory expert tensors -> the per-expert names stacked in them (see
     # fused_experts); checkpoints saved from memory carry these names.
     hf_fused_experts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Fused tensors (keys of hf_fused_experts) hub checkpoints may store transposed,
+    # [E, columns, n x rows] -> the dotted HF config field the in-memory layout's last dim has
+    # (e.g. "text_config.hidden_size" for gate_up_proj); see fused_experts.
+    hf_fused_experts_transposed: dict[str, str] = field(default_factory=dict)
     # HF tensors of an MTP layer that repeat a main-model tensor (Megatron's MTP layers share
     # the embedding and output layer): layer-relative HF name -> the global HF name it repeats.
     # Read: checked equal and not stored twice; written: repeated.
@@ -278,6 +284,23 @@ class Template:
         }
         if duplicated:
             raise ValueError(f"template {self.hf_model_type!r}: Megatron fields mapped twice: {duplicated}")
+        for name, path in self.hf_fused_experts_transposed.items():
+            parts = self.hf_fused_experts.get(name)
+            if parts is None:
+                raise ValueError(
+                    f"template {self.hf_model_type!r}: hf_fused_experts_transposed names {name!r}, "
+                    f"which is not a key of hf_fused_experts ({sorted(self.hf_fused_experts)})"
+                )
+            if all(WILDCARD not in p for p in parts):
+                raise ValueError(
+                    f"template {self.hf_model_type!r}: hf_fused_experts_transposed names {name!r}, "
+                    "a renamed tensor rather than fused experts"
+                )
+            if not isinstance(path, str) or not path:
+                raise ValueError(
+                    f"template {self.hf_model_type!r}: hf_fused_experts_transposed[{name!r}] must be "
+                    f"a dotted HF config field such as 'text_config.hidden_size', got {path!r}"
+                )
         self._layer_re = re.compile(rf"^{re.escape(self.hf_layer_prefix)}(\d+)(\..+)$")
         self._invalid = [name_pattern(name) for name in self.hf_invalid_keys]
 
@@ -454,10 +477,26 @@ class Template:
         return out
 
     # ------------------------------------------------------------------ weights
-    def fused_experts(self):
+    def fused_experts(self, hf_config: Mapping[str, Any] | None = None):
+        """The fused-expert table. With the checkpoint's ``hf_config`` it also tells stored
+        transposed tensors (``hf_fused_experts_transposed``) from in-memory ones."""
         from .fused_experts import FusedExperts
 
-        return FusedExperts(self.hf_fused_experts, self.hf_layer_prefix)
+        config_value = None if hf_config is None else (lambda path: self.hf_config_value(hf_config, path))
+        return FusedExperts(
+            self.hf_fused_experts, self.hf_layer_prefix, self.hf_fused_experts_transposed, config_value
+        )
+
+    def hf_config_value(self, hf_config: Mapping[str, Any], path: str) -> Any:
+        """The value of a dotted field of an HF config, as stated or as transformers fills it in."""
+        value = _get_path(hf_config, path)
+        if value is _MISSING or value is None:
+            value = _get_path(self.normalized_hf_config(hf_config), path)
+        if value is _MISSING or value is None:
+            raise ConversionError(
+                f"the {self.hf_model_type!r} HF config has no {path}, which the template needs"
+            )
+        return value
 
     def active_ops(self, config: Any) -> list[ConverOp]:
         """The ops that convert a model with this Megatron config (``None``: every op)."""
@@ -804,6 +843,7 @@ def register_template(
     hf_architecture: str | None = None,
     config_derived: dict[str, DerivedField] | None = None,
     hf_fused_experts: dict[str, Sequence[str]] | None = None,
+    hf_fused_experts_transposed: dict[str, str] | None = None,
     mtp_shared_copies: dict[str, str] | None = None,
     template_class: type[Template] = Template,
     overwrite: bool = False,
@@ -811,6 +851,9 @@ def register_template(
     """Register the conversion template of one HF ``model_type`` (the ``config.json`` field).
 
     Registering a type that already has a template raises unless ``overwrite=True``.
+    ``hf_fused_experts_transposed`` (fused name, a key of ``hf_fused_experts`` -> the dotted HF
+    config field the in-memory layout's last dim has) names the fused expert tensors hub
+    checkpoints may store transposed; such checkpoints convert back in that layout.
     """
     _load_builtin_templates()  # so that a user's overwrite=True really replaces a built-in
     if hf_model_type in _TEMPLATES and not overwrite:
@@ -830,6 +873,7 @@ def register_template(
         hf_architecture=hf_architecture,
         config_derived=dict(config_derived or {}),
         hf_fused_experts={k: tuple(v) for k, v in (hf_fused_experts or {}).items()},
+        hf_fused_experts_transposed=dict(hf_fused_experts_transposed or {}),
         mtp_shared_copies=dict(mtp_shared_copies or {}),
     )
     _TEMPLATES[hf_model_type] = template

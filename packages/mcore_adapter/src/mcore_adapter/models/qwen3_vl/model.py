@@ -1,0 +1,88 @@
+"""Qwen3-VL: the vision-language base with Qwen3-VL's vision tower, interleaved multimodal rope,
+video frames positioned one by one between timestamps, and deepstack (a decoder block that adds
+intermediate vision features after its first layers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..model_io import dist_converter
+from ..mrope_rotary import InterleavedMultimodalRotaryEmbedding
+from ..vision_language import VisionLanguageConfig, VisionLanguageModel
+from .deepstack import Deepstack, DeepstackTransformerBlock
+
+
+@dataclass
+class Qwen3VLConfig(VisionLanguageConfig):
+    @property
+    def num_deepstack_layers(self) -> int:
+        return len((self.vision_config or {}).get("deepstack_visual_indexes") or ())
+
+
+class Qwen3VLModel(VisionLanguageModel):
+    config_class = Qwen3VLConfig
+    vision_tower_class = "transformers.models.qwen3_vl.modeling_qwen3_vl:Qwen3VLVisionModel"
+    video_frames_apart = True
+
+    def __init__(self, config: Qwen3VLConfig, pre_process=None, post_process=None, vp_stage=None):
+        _check_deepstack_placement(config)
+        super().__init__(config, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
+        # Megatron's MultimodalRotaryEmbedding gives each axis a contiguous section of the
+        # frequencies; Qwen3-VL interleaves them (same frequencies, other axis per frequency).
+        contiguous = self.rotary_pos_emb
+        self.rotary_pos_emb = InterleavedMultimodalRotaryEmbedding(
+            kv_channels=config.kv_channels,
+            rotary_percent=config.rotary_percent,
+            rotary_interleaved=config.rotary_interleaved,
+            seq_len_interpolation_factor=config.seq_len_interpolation_factor,
+            rotary_base=config.rotary_base,
+        )
+        self.rotary_pos_emb.inv_freq = contiguous.inv_freq
+        if self.pre_process:
+            DeepstackTransformerBlock.adopt(self.decoder, config.num_deepstack_layers)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if self.pre_process and kwargs.get("decoder_input") is None:
+            vision = self.vision_outputs(
+                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+            )
+            kwargs["decoder_input"] = self.embed(input_ids, vision=vision)
+            deepstack = Deepstack.from_vision(vision)
+            if deepstack is not None:
+                kwargs["extra_block_kwargs"] = {
+                    **(kwargs.get("extra_block_kwargs") or {}),
+                    "deepstack": deepstack,
+                }
+        return super().forward(
+            input_ids,
+            position_ids,
+            attention_mask,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            **kwargs,
+        )
+
+
+def _check_deepstack_placement(config: Qwen3VLConfig) -> None:
+    """The deepstack layers must be in the first chunk, with the vision tower (see deepstack)."""
+    first = dist_converter(config).layout.chunks[0]
+    if config.num_deepstack_layers > len(first.layers):
+        raise ValueError(
+            f"Qwen3-VL adds vision features after decoder layers 0..{config.num_deepstack_layers - 1}, "
+            f"which must be on the first pipeline stage with the vision tower; this layout gives its "
+            f"first chunk {len(first.layers)} layer(s). Give num_layers_in_first_pipeline_stage >= "
+            f"{config.num_deepstack_layers} (or fewer pipeline stages)"
+        )
