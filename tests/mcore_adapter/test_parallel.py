@@ -121,6 +121,7 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
         ("qwen3", True, "PP4", TP2VPP2),
         ("mistral", False, "TP2xPP2 uneven", None),
         ("qwen2", True, "TP2xPP2xVPP2", TP2PP2),
+        ("qwen3_vl", False, "TP2xPP2", None),  # deepstack layers on the first of two stages, TP-split
     ]
     return specs
 
