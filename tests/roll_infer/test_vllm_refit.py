@@ -263,3 +263,32 @@ def test_sync_into_an_hf_moe_model_fills_its_fused_experts(megatron, tiny_checkp
         after = hf(tokens).logits
     assert (after - before).abs().max().item() > 1e-2
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe"])
+def test_sync_into_an_hf_vision_language_model(model_type, megatron, tiny_checkpoint):
+    """A trained Qwen3-VL(-MoE) synced into transformers' model (the RL reference): vision
+    tower, deepstack mergers and fused experts included, the image prompt's logits are the
+    Megatron model's."""
+    from transformers import AutoModelForImageTextToText
+
+    from mcore_adapter import AutoModel
+    from mcore_adapter.verify import hf_inputs, image_prompt, megatron_logits
+    from roll_infer.testing import sgd_step_towards_random_targets
+    from roll_infer.weight_sync import McaWeightSource, sync_to_hf_model
+
+    hf_dir = tiny_checkpoint(model_type)
+    model = AutoModel.from_pretrained(str(hf_dir))
+    sgd_step_towards_random_targets(model)
+    hf = AutoModelForImageTextToText.from_pretrained(
+        hf_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    tokens, inputs = image_prompt(model.config)
+    with torch.no_grad():
+        before = hf(tokens, **hf_inputs(model.config, tokens, inputs)).logits
+    sync_to_hf_model(McaWeightSource(model), hf)  # refuses unless every tensor of hf is sent
+    expected = megatron_logits(model, tokens, **inputs)
+    with torch.no_grad():
+        after = hf(tokens, **hf_inputs(model.config, tokens, inputs)).logits
+    assert (after - before).abs().max().item() > 1e-2
+    torch.testing.assert_close(after, expected[..., : after.shape[-1]], atol=5e-5, rtol=0)
