@@ -40,7 +40,9 @@ def test_every_megatron_weight_of_a_template_has_a_shape_rule(model_type, tiny_c
 def test_every_megatron_weight_of_a_template_has_a_sharding_rule(model_type, tiny_checkpoint):
     """TP_RULES fails closed (a weight without a rule is an error, not silently replicated):
     every weight a template produces must have a rule, also inside an MTP layer."""
-    from mcore_adapter.models.converter.dist_converter import DistConverter
+    from mcore_adapter.models.converter.dist_converter import TP_RULES, DistConverter
+
+    rule_kinds = set(TP_RULES.values())
     from mcore_adapter.models.converter.layout import ParallelLayout
     from mcore_adapter.models.converter.template import MTP_INNER, MTP_LAYER_PREFIX
 
@@ -59,7 +61,7 @@ def test_every_megatron_weight_of_a_template_has_a_sharding_rule(model_type, tin
             else:
                 names = [name.format("patch_embed.proj.weight")]  # a carried subtree (vision tower)
             for full in names:
-                assert dist.rule(full) in {"column", "row", "gated_column", "vocab", "replicated"}, full
+                assert dist.rule(full) in {*rule_kinds, "replicated"}, full
     with pytest.raises(Exception, match="no tensor-parallel rule for '.mlp.mystery.weight'"):
         dist.rule("decoder.layers.0.mlp.mystery.weight")
 
@@ -121,7 +123,11 @@ def test_config_round_trip_returns_the_original_hf_config(model_type, tie):
     if mca.get("multi_latent_attention"):
         assert (mca["num_layers"], mca["kv_lora_rank"], mca["qk_pos_emb_head_dim"]) == (2, 16, 8)
     else:
-        assert (mca["num_layers"], mca["num_query_groups"], mca["kv_channels"]) == (2, 2, 32)
+        assert (mca["num_layers"], mca["num_query_groups"], mca["kv_channels"]) == (
+            hf_config["num_hidden_layers"],
+            2,
+            32,
+        )
     assert template.convert_mca_to_hf_config(mca, hf_config) == hf_config
     # A Megatron-side change is carried back into the HF config.
     changed = template.convert_mca_to_hf_config({**mca, "layernorm_epsilon": 1e-3}, hf_config)

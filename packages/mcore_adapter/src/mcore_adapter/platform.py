@@ -16,8 +16,12 @@ megatron-core assumes a GPU in a few places that matter for the dense GPT path:
   back numpy for tensors already on the host (it does so only for CUDA tensors).
 
 Without Transformer Engine (always on CPU, possibly on a GPU machine) Megatron's local layer
-spec needs two more fixes for mixture-of-experts and multi-latent attention
-(``apply_local_spec_fixes``).
+spec needs more fixes: for mixture-of-experts and multi-latent attention, and a zero-centered
+RMSNorm (``apply_local_spec_fixes``).
+
+Without flash-linear-attention (its Triton kernels do not run on CPU) Megatron's Gated DeltaNet
+gets torch implementations of the chunked gated delta rule and of l2norm
+(``apply_gated_delta_net_fallback``).
 
 It also keeps a CPU run's output readable (``quiet_cpu_noise``): megatron-core warns at import
 that Transformer Engine and Apex are missing (they cannot exist on CPU) and about CUDA settings,
@@ -173,6 +177,60 @@ def apply_local_spec_fixes() -> None:
             super().__init__(*args, **kwargs)
 
     LocalSpecProvider.core_attention = lambda self: LocalCoreAttention
+    _zero_centered_local_norm()
+
+
+class ZeroCenteredRMSNorm(torch.nn.Module):
+    """RMSNorm scaling by ``1 + weight`` (Megatron's ``layernorm_zero_centered_gamma``), which
+    Megatron's local norm (``WrappedTorchNorm``) refuses; Transformer Engine's norms do it."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + self.weight.float())).to(x.dtype)
+
+
+def _zero_centered_local_norm() -> None:
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    if getattr(WrappedTorchNorm, "_zero_centered", False):
+        return
+    plain = WrappedTorchNorm.__new__
+
+    def new(cls, config, hidden_size, eps=1e-5, *args, **kwargs):
+        if config.layernorm_zero_centered_gamma and config.normalization == "RMSNorm":
+            return ZeroCenteredRMSNorm(hidden_size, eps)
+        return plain(cls, config, hidden_size, eps, *args, **kwargs)
+
+    WrappedTorchNorm.__new__ = new
+    WrappedTorchNorm._zero_centered = True
+
+
+@functools.cache
+def apply_gated_delta_net_fallback() -> bool:
+    """Give Megatron's ``GatedDeltaNet`` torch kernels when flash-linear-attention is missing
+    (returns whether it did); with fla installed nothing changes.
+
+    megatron-core 0.16.1 refuses to build the layer without fla, yet ships the torch version of
+    the chunked gated delta rule (``torch_chunk_gated_delta_rule``, the math of transformers'
+    Qwen3-Next fallback, used in its deterministic mode); the l2norm is transformers'."""
+    from megatron.core.ssm import gated_delta_net
+
+    if gated_delta_net.HAVE_FLA:
+        return False
+
+    def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+        return x * torch.rsqrt((x * x).sum(dim=dim, keepdim=True) + eps)
+
+    gated_delta_net.l2norm = l2norm
+    gated_delta_net.chunk_gated_delta_rule = gated_delta_net.torch_chunk_gated_delta_rule
+    gated_delta_net.HAVE_FLA = True
+    return True
 
 
 def _have_transformer_engine() -> bool:

@@ -14,6 +14,7 @@ names are mapped through the spec's own ``sharded_state_dict_keys_map``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,11 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
+    get_transformer_block_with_experimental_attention_variant_spec,
+)
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
+from megatron.core.ssm.gated_delta_net import GatedDeltaNet
 from megatron.core.transformer.moe.moe_layer import MoELayer
 from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
@@ -50,9 +55,45 @@ def gpt_block_spec(config: McaModelConfig, vp_stage: int | None = None):
     te = use_transformer_engine()
     if not te:
         platform.apply_local_spec_fixes()
-    return get_gpt_decoder_block_spec(
+    if config.experimental_attention_variant == "gated_delta_net":
+        platform.apply_gated_delta_net_fallback()
+        if te:
+            return get_transformer_block_with_experimental_attention_variant_spec(config, vp_stage=vp_stage)
+    spec = get_gpt_decoder_block_spec(
         config, use_transformer_engine=te, normalization=config.normalization, vp_stage=vp_stage
     )
+    if config.experimental_attention_variant == "gated_delta_net":
+        _local_gated_delta_net_layers(config, spec, vp_stage)
+    return spec
+
+
+def _local_gated_delta_net_layers(config: McaModelConfig, spec, vp_stage: int | None) -> None:
+    """Megatron's hybrid block spec is Transformer Engine only: with the local spec, the Gated
+    DeltaNet layers get Megatron's ``GatedDeltaNet`` with local linears and norm (the input
+    norm stays a separate module, which TE fuses into ``in_proj``)."""
+    from megatron.core.models.backends import LocalSpecProvider
+    from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
+        get_linear_attention_pattern,
+    )
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNetSubmodules
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    pattern = get_linear_attention_pattern(config)
+    offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
+    local = LocalSpecProvider()
+    gdn = ModuleSpec(  # megatron's get_gated_delta_net_module_spec, with an unfused in_proj
+        module=GatedDeltaNet,
+        submodules=GatedDeltaNetSubmodules(
+            in_proj=local.column_parallel_linear(),
+            out_norm=local.layer_norm(rms_norm=config.normalization == "RMSNorm", for_qk=False),
+            out_proj=local.row_parallel_linear(),
+        ),
+    )
+    for index, layer in enumerate(spec.layer_specs):  # layers may share one spec object: copy
+        if pattern[offset + index]:
+            submodules = dataclasses.replace(layer.submodules, self_attention=gdn)
+            spec.layer_specs[index] = dataclasses.replace(layer, submodules=submodules)
 
 
 # Megatron's local spec builds MLA's down projections as column-parallel linears (TE's are
@@ -78,6 +119,8 @@ def te_names(layer) -> dict[str, str]:
             "self_attention.q_layernorm.": "self_attention.linear_q_up_proj.layer_norm_",
             "self_attention.kv_layernorm.": "self_attention.linear_kv_up_proj.layer_norm_",
         }
+    elif isinstance(attention, GatedDeltaNet):
+        names = {"input_layernorm.": "self_attention.in_proj.layer_norm_"}
     else:
         names = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
     if not isinstance(layer.mlp, MoELayer):

@@ -85,7 +85,14 @@ class McaModelConfig(MLATransformerConfig):
             self.padded_vocab_size = padded_vocab_size(self.vocab_size, tp, self.make_vocab_size_divisible_by)
         if self.pipeline_model_parallel_size > 1 and self.pipeline_dtype is None:
             self.pipeline_dtype = self.params_dtype
-        super().__post_init__()
+        # MLATransformerConfig refuses an attention output gate even when MLA is off (the
+        # config class of every model here); a gated GQA model (Qwen3-Next) needs it.
+        gate = self.attention_output_gate and not self.multi_latent_attention
+        self.attention_output_gate = self.attention_output_gate and not gate
+        try:
+            super().__post_init__()
+        finally:
+            self.attention_output_gate = self.attention_output_gate or gate
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

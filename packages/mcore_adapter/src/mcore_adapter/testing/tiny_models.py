@@ -109,8 +109,25 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
         "use_qk_norm": True,
         "attention_bias": True,
     },
+    # Gated DeltaNet (2 key heads, 4 value heads) and gated full attention; PP2 puts a stage
+    # boundary between a linear (1) and a full (2) attention layer; a dense layer (3).
+    "qwen3_next": {
+        "layer_types": ["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        "num_hidden_layers": 4,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48,
+        "mlp_only_layers": [3],
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    },
 }
-MOE_MODELS = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe")
+MOE_MODELS = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "qwen3_next")
 
 
 # Vision-language models: the text model nests under text_config; 1-2 vision blocks. Token ids
@@ -195,6 +212,11 @@ TINY_VL_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# transformers' norms that scale by 1 + weight (zero-centered): their tiny weights are drawn so
+# that the scale is distributed as the other families' weights.
+ZERO_CENTERED_NORMS = ("Qwen3NextRMSNorm",)
+
+
 def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrides: Any):
     from transformers import AutoConfig
 
@@ -232,9 +254,21 @@ def make_tiny_hf_checkpoint(
     auto = AutoModelForImageTextToText if model_type in TINY_VL_MODELS else AutoModelForCausalLM
     model = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
     persistent = set(model.state_dict())
+    zero_centered = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if type(module).__name__ in ZERO_CENTERED_NORMS
+    }
     with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, std)
+        for name, param in model.named_parameters():
+            if name.endswith("linear_attn.norm.weight"):
+                # Gated DeltaNet's output norm scales by w (its Megatron module by 1 + w): keep w
+                # near 1, as trained checkpoints have it, where w - 1 is exact (see OffsetConverOp).
+                param.uniform_(0.55, 1.45)
+            elif name in zero_centered:  # scale 1 + w ~ N(0, std), as other families' norms
+                param.normal_(-1.0, std)
+            else:
+                param.normal_(0.0, std)
         for name, buffer in model.named_buffers():  # e.g. the router's correction bias
             if name in persistent and buffer.is_floating_point():
                 buffer.normal_(0.0, std)

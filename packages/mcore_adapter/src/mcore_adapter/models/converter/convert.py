@@ -338,7 +338,8 @@ class McaTorchSource:
         rule = self.dist.rule(name)
         shard = readers[0].chunks[key][local]
         tp = len(readers)
-        if shard.dim() == 0 or not shard.is_contiguous():
+        if shard.dim() == 0 or not shard.is_contiguous() or rule in self.dist.sections:
+            # (Gated DeltaNet's sectioned projections interleave the slices part by part)
             return self.dist.merge(name, [r.read(key, local) for r in readers])
         if rule == REPLICATED:
             full = self._scratch.take(shard.shape, shard.dtype)

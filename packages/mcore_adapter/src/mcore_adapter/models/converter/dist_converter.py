@@ -33,6 +33,9 @@ from .shapes import expert_pattern
 from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, MTP_LAYER_PREFIX, ConversionError, Template
 
 COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", "vocab", "replicated"
+# Gated DeltaNet's fused projections: consecutive parts (sizes from the config, see
+# ``DistConverter.sections``), each split over the ranks, a rank's slices in part order.
+GDN_IN_PROJ, GDN_CONV = "gdn_in_proj", "gdn_conv"
 
 # Layer-relative names start with "."; others are global.
 TP_RULES: dict[str, str] = {
@@ -73,6 +76,14 @@ TP_RULES: dict[str, str] = {
     ".self_attention.linear_kv_down_proj.weight": REPLICATED,
     ".self_attention.linear_kv_up_proj.layer_norm_weight": REPLICATED,
     ".self_attention.linear_kv_up_proj.weight": COLUMN,
+    # Gated DeltaNet: heads split over TP, the conv channels and per-head parameters with them.
+    ".self_attention.in_proj.layer_norm_weight": REPLICATED,
+    ".self_attention.in_proj.weight": GDN_IN_PROJ,
+    ".self_attention.conv1d.weight": GDN_CONV,
+    ".self_attention.A_log": COLUMN,
+    ".self_attention.dt_bias": COLUMN,
+    ".self_attention.out_norm.weight": REPLICATED,
+    ".self_attention.out_proj.weight": ROW,
 }
 # Subtrees a template carries whole (a vision tower), replicated over tensor-parallel ranks.
 REPLICATED_PREFIXES = ("vision_model.",)
@@ -121,6 +132,7 @@ class DistConverter:
             self.padded_vocab_size = padded_vocab_size(self.vocab_size, self.layout.tp, divisor)
         self.first = self.layout.chunks[0]
         self.last = self.layout.chunks[-1]
+        self.sections = _gdn_sections(mca_kwargs)
 
     # ------------------------------------------------------------------ placement
     def placements(self, name: str) -> list[tuple[Chunk, str]]:
@@ -244,6 +256,9 @@ class DistConverter:
         if rule == GATED_COLUMN:
             gate, up = torch.chunk(tensor, 2, dim=0)
             return [cat(pair, dim=0) for pair in zip(gate.chunk(tp), up.chunk(tp), strict=True)]
+        if rule in self.sections:
+            parts = [p.chunk(tp) for p in torch.split(tensor, self.sections[rule], dim=0)]
+            return [cat([p[r] for p in parts], dim=0) for r in range(tp)]
         return list(torch.chunk(tensor, tp, dim=dim))
 
     def merge(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -259,6 +274,10 @@ class DistConverter:
                 return parts[0]
             halves = [p.chunk(2, dim=0) for p in parts]
             return cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
+        if rule in self.sections and tp > 1:
+            local = [size // tp for size in self.sections[rule]]
+            pieces = [torch.split(p, local, dim=0) for p in parts]
+            return cat([piece[i] for i in range(len(local)) for piece in pieces], dim=0)
         merged = parts[0] if tp == 1 else cat(parts, dim=1 if rule == ROW else 0)
         if rule == VOCAB:
             merged = merged[: self.vocab_size]
@@ -276,3 +295,14 @@ class DistConverter:
         padded = tensor.new_zeros((self.padded_vocab_size, *tensor.shape[1:]))
         padded[:rows] = tensor
         return padded
+
+
+def _gdn_sections(mca_kwargs: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The parts of Gated DeltaNet's ``in_proj`` (q, k, v, z, b, a) and ``conv1d`` (q, k, v)
+    rows, as Megatron's ``GatedDeltaNet`` splits them per rank."""
+    if mca_kwargs.get("experimental_attention_variant") != "gated_delta_net":
+        return {}
+    qk = int(mca_kwargs["linear_key_head_dim"]) * int(mca_kwargs["linear_num_key_heads"])
+    heads = int(mca_kwargs["linear_num_value_heads"])
+    v = int(mca_kwargs["linear_value_head_dim"]) * heads
+    return {GDN_IN_PROJ: [qk, qk, v, v, heads, heads], GDN_CONV: [qk, qk, v]}

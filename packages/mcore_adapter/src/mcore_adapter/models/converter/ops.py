@@ -60,27 +60,35 @@ class ConverOp:
         self.mca_names = _as_list(mca_names)
         self.mca_config: Any = None
         self.layers: str | None = None
+        self.attention: str | None = None
         self.if_config: tuple[str, ...] = ()
         self.unless_config: tuple[str, ...] = ()
         self._validate()
 
     LAYER_KINDS = ("dense", "moe", "mtp")
+    ATTENTION_KINDS = ("full", "linear")
 
     def only(
         self,
         layers: str | None = None,
         if_config: str | Sequence[str] = (),
         unless_config: str | Sequence[str] = (),
+        attention: str | None = None,
     ) -> ConverOp:
         """Limit the op (returns it): to ``layers`` ("dense" or "moe" layers of a model that
         mixes them; "mtp": a multi-token-prediction layer's own tensors, beside its transformer
         layer, which is built like the model's last layer), to configs where every ``if_config`` Megatron field is set (not None, 0 or
-        False) and every ``unless_config`` field is not."""
+        False) and every ``unless_config`` field is not, and to layers whose ``attention`` is
+        "full" (softmax attention) or "linear" (Gated DeltaNet; Megatron's
+        ``linear_attention_freq``)."""
         if layers is not None and layers not in self.LAYER_KINDS:
             raise ValueError(f"layers must be one of {self.LAYER_KINDS}, got {layers!r}")
-        if layers is not None and not self.is_layer_local:
-            raise ValueError(f"{self!r}: only layer-relative ops can be limited to {layers} layers")
+        if attention is not None and attention not in self.ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {self.ATTENTION_KINDS}, got {attention!r}")
+        if (layers is not None or attention is not None) and not self.is_layer_local:
+            raise ValueError(f"{self!r}: only layer-relative ops can be limited to some layers")
         self.layers = layers
+        self.attention = attention
         self.if_config = tuple(_as_list(if_config))
         self.unless_config = tuple(_as_list(unless_config))
         return self
@@ -93,7 +101,7 @@ class ConverOp:
 
     @property
     def condition(self) -> tuple[Any, ...]:
-        return (self.layers, self.if_config, self.unless_config)
+        return (self.layers, self.attention, self.if_config, self.unless_config)
 
     # -- construction-time checks (fail when the template is written, not mid-conversion) --
     def _validate(self) -> None:
@@ -154,6 +162,7 @@ class ConverOp:
 
     def __repr__(self) -> str:
         limits = [f"layers={self.layers!r}"] if self.layers else []
+        limits += [f"attention={self.attention!r}"] if self.attention else []
         limits += [f"if_config={list(self.if_config)}"] if self.if_config else []
         limits += [f"unless_config={list(self.unless_config)}"] if self.unless_config else []
         extra = "".join(f", {x}" for x in limits)

@@ -54,11 +54,22 @@ def _mla_q_head(c: Mapping[str, Any]) -> int:
     return int(c["qk_head_dim"]) + int(c["qk_pos_emb_head_dim"])
 
 
+def _gdn_qk(c: Mapping[str, Any]) -> int:
+    return int(c["linear_key_head_dim"]) * int(c["linear_num_key_heads"])
+
+
+def _gdn_v(c: Mapping[str, Any]) -> int:
+    return int(c["linear_value_head_dim"]) * int(c["linear_num_value_heads"])
+
+
 # Dimensions computed from several fields, as Megatron-Core computes them.
 DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "head_dim": _head_dim,
     "attention_rows": lambda c: _heads(c) * _head_dim(c),
-    "qkv_rows": lambda c: (_heads(c) + 2 * _groups(c)) * _head_dim(c),
+    # a gated attention's linear_qkv also holds one output gate per query head
+    "qkv_rows": lambda c: (
+        ((2 if c.get("attention_output_gate") else 1) * _heads(c) + 2 * _groups(c)) * _head_dim(c)
+    ),
     "fc1_rows": lambda c: _ffn(c) * (2 if _gated(c) else 1),
     "ffn": _ffn,
     "vocab": lambda c: int(c.get("vocab_size") or c["padded_vocab_size"]),
@@ -74,6 +85,10 @@ DERIVED_DIMS: dict[str, Callable[[Mapping[str, Any]], int]] = {
     "mla_q_rows": lambda c: _heads(c) * _mla_q_head(c),
     "mla_kv_down_rows": lambda c: int(c["kv_lora_rank"]) + int(c["qk_pos_emb_head_dim"]),
     "mla_kv_up_rows": lambda c: _heads(c) * (int(c["qk_head_dim"]) + int(c["v_head_dim"])),
+    # Gated DeltaNet
+    "gdn_in_rows": lambda c: 2 * _gdn_qk(c) + 2 * _gdn_v(c) + 2 * int(c["linear_num_value_heads"]),
+    "gdn_conv_rows": lambda c: 2 * _gdn_qk(c) + _gdn_v(c),
+    "gdn_v_dim": lambda c: _gdn_v(c),
 }
 
 # Canonical (whole, unpadded) Megatron weights; layer-relative names start with ".".
@@ -115,6 +130,14 @@ MCA_SHAPES: dict[str, tuple[str | int, ...]] = {
     ".self_attention.linear_kv_down_proj.weight": ("mla_kv_down_rows", "hidden_size"),
     ".self_attention.linear_kv_up_proj.layer_norm_weight": ("kv_lora_rank",),
     ".self_attention.linear_kv_up_proj.weight": ("mla_kv_up_rows", "kv_lora_rank"),
+    # Gated DeltaNet.
+    ".self_attention.in_proj.layer_norm_weight": ("hidden_size",),
+    ".self_attention.in_proj.weight": ("gdn_in_rows", "hidden_size"),
+    ".self_attention.conv1d.weight": ("gdn_conv_rows", 1, "linear_conv_kernel_dim"),
+    ".self_attention.A_log": ("linear_num_value_heads",),
+    ".self_attention.dt_bias": ("linear_num_value_heads",),
+    ".self_attention.out_norm.weight": ("linear_value_head_dim",),
+    ".self_attention.out_proj.weight": ("hidden_size", "gdn_v_dim"),
 }
 
 

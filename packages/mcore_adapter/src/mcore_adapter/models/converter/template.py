@@ -83,6 +83,7 @@ _BUILTIN_FAMILIES = (
     "mixtral",
     "deepseek_v3",
     "glm4_moe",
+    "qwen3_next",
     "internlm2",
 )
 _TEMPLATES: dict[str, Template] = {}
@@ -183,6 +184,25 @@ def layer_kinds(config: Any) -> list[str]:
     return ["moe" if f else "dense" for f in freq]
 
 
+def attention_kinds(config: Any) -> list[str]:
+    """ "full" or "linear" (Gated DeltaNet) for each decoder layer, as Megatron reads
+    ``linear_attention_freq``: an int N makes every N-th layer (counting from 1) full attention,
+    a list gives 1 (linear) or 0 per layer, unset is full attention everywhere."""
+    num_layers = int(getattr(config, "num_layers", 0) or 0)
+    freq = getattr(config, "linear_attention_freq", None)
+    if freq is None or getattr(config, "experimental_attention_variant", None) != "gated_delta_net":
+        return ["full"] * num_layers
+    if isinstance(freq, str):
+        freq = _parse_layer_pattern(freq)
+    if isinstance(freq, int):
+        return ["full" if (i + 1) % freq == 0 else "linear" for i in range(num_layers)]
+    if len(freq) != num_layers:
+        raise ConversionError(
+            f"linear_attention_freq has {len(freq)} entries for {num_layers} layers: {freq}"
+        )
+    return ["linear" if f else "full" for f in freq]
+
+
 def _parse_layer_pattern(text: str) -> list[int]:
     if not re.fullmatch(r"[\s\[\]\(\)\d,*+]+", text):
         raise ConversionError(f"moe_layer_freq {text!r} is not a list pattern such as '([0]*1+[1]*3)'")
@@ -193,6 +213,8 @@ def _exclusive(a: ConverOp, b: ConverOp) -> bool:
     """Whether two ops can never both convert one tensor: limited to different layer kinds, or
     one needs a config field that the other needs to be unset."""
     if a.layers and b.layers and a.layers != b.layers:
+        return True
+    if a.attention and b.attention and a.attention != b.attention:
         return True
     return bool(set(a.if_config) & set(b.unless_config) or set(b.if_config) & set(a.unless_config))
 
@@ -569,6 +591,7 @@ class Template:
         every expert layer included, other wildcard ops (a subtree carried whole) excluded."""
         names: set[str] = set()
         kinds = layer_kinds(config)
+        attention = attention_kinds(config)
         experts = range(getattr(config, "num_moe_experts", None) or 0)
         mtp = range(getattr(config, "mtp_num_layers", None) or 0)
         for op in self.active_ops(config):
@@ -588,9 +611,15 @@ class Template:
                 if op.layers == "mtp":
                     names.update(f"{MTP_LAYER_PREFIX}{k}{n}" for k in mtp for n in local)
                     continue
-                layers = [i for i, kind in enumerate(kinds) if op.layers in (None, kind)]
+                layers = [
+                    i
+                    for i, kind in enumerate(kinds)
+                    if op.layers in (None, kind) and op.attention in (None, attention[i])
+                ]
                 names.update(self.join_mca_name(i, n) for i in layers for n in local)
-                if kinds and op.layers in (None, kinds[-1]):  # MTP layers are built like the last
+                last = (kinds[-1], attention[-1]) if kinds else None
+                if last and op.layers in (None, last[0]) and op.attention in (None, last[1]):
+                    # MTP layers are built like the last
                     names.update(f"{MTP_LAYER_PREFIX}{k}{MTP_INNER}{n}" for k in mtp for n in local)
         return names
 
@@ -646,6 +675,7 @@ class WeightMapper:
         self._pending: dict[tuple[int, int | None, tuple[str, ...]], dict[int, torch.Tensor]] = {}
         self._ops = template.active_ops(mca_config)
         self._kinds = layer_kinds(mca_config) if mca_config is not None else []
+        self._attention = attention_kinds(mca_config) if mca_config is not None else []
         self._mtp = int(getattr(mca_config, "mtp_num_layers", None) or 0)
         # The MTP layers' repeats of main-model tensors, by the global HF name they repeat:
         # written with it; when read, dropped (a conversion's dry run checks them equal).
@@ -686,14 +716,16 @@ class WeightMapper:
         return self.template.join_mca_name(layer, local) if mca else self.template.join_hf_name(layer, local)
 
     def _fits(self, op_index: int, layer: int | None) -> bool:
-        kind = self._ops[op_index].layers
+        op = self._ops[op_index]
+        kind = op.layers
         if not self._kinds or layer is None:
             return kind != "mtp"
         if kind == "mtp":
             return self._is_mtp(layer)
-        if kind is None:
-            return True
-        return (self._kinds[-1] if self._is_mtp(layer) else self._kinds[layer]) == kind
+        index = len(self._kinds) - 1 if self._is_mtp(layer) else layer  # MTP: built like the last
+        if op.attention is not None and self._attention[index] != op.attention:
+            return False
+        return kind is None or self._kinds[index] == kind
 
     def _lookup(self, layer: int | None, local: str) -> tuple[int, int, tuple[str, ...]] | None:
         is_local = layer is not None
