@@ -83,6 +83,11 @@ def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
             ("qwen3_vl_moe", "", "EP2", "alltoall", TP2),
             ("qwen3_vl_moe", "", "TP2", "allgather", None),
             ("qwen3_vl_moe", "", "PP2", "alltoall", None),
+            # Gated DeltaNet layers 0-1 on stage 0, the full attention layer 2 on stage 1.
+            ("qwen3_next", "", "PP2", "alltoall", TP2),
+            ("qwen3_5_moe", "", "TP2", "allgather", None),
+            ("qwen3_5_moe", "", "EP2", "alltoall", None),
+            ("qwen3_5_moe", "", "PP2", "alltoall", EP2),
         ]
         return specs
     specs = [(t, "", "TP2xEP2", "alltoall", None) for t in MOE_MODELS]
@@ -92,6 +97,8 @@ def _moe_specs(world: int) -> list[tuple[str, str, str, str, dict | None]]:
         ("deepseek_v3", "", "TP2xPP2", "allgather", EP2),
         ("deepseek_v3", "MTP", "TP2xEP2", "alltoall", None),
         ("qwen3_vl_moe", "", "TP2xEP2", "alltoall", None),
+        ("qwen3_5_moe", "", "TP2xEP2", "alltoall", None),
+        ("qwen3_next", "", "TP2xPP2", "allgather", None),
     ]
     return specs
 
@@ -113,6 +120,8 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
         vision += [("qwen2_5_vl", True, "TP2", None), ("qwen2_5_vl", False, "PP2", TP2)]
         # Qwen3-VL: deepstack layers 0 and 1, both on the first of the two stages.
         vision += [("qwen3_vl", False, "TP2", PP2), ("qwen3_vl", True, "PP2", TP2)]
+        # Qwen3.5: stage 0 ends with a full attention layer, stage 1 starts with Gated DeltaNet.
+        vision += [("qwen3_5", False, "TP2", None), ("qwen3_5", False, "PP2", TP2)]
         return [*specs, *vision]
     specs = [(t, tie, "TP2xPP2", None) for t in types for tie in (False, True)]
     specs[0] = (*specs[0][:3], TP4)
@@ -122,6 +131,7 @@ def _specs(world: int) -> list[tuple[str, bool, str, dict | None]]:
         ("mistral", False, "TP2xPP2 uneven", None),
         ("qwen2", True, "TP2xPP2xVPP2", TP2PP2),
         ("qwen3_vl", False, "TP2xPP2", None),  # deepstack layers on the first of two stages, TP-split
+        ("qwen3_5", True, "TP2xPP2", None),
     ]
     return specs
 

@@ -1,6 +1,7 @@
-"""Qwen3-VL and Qwen3-VL-MoE as GPTModel subclasses: logits parity with transformers for text,
-images, video and both, a batch, and controls showing that deepstack and the interleaved rope
-each matter; deepstack placement under pipeline parallelism; bit-exact round trips with the
+"""Qwen3-VL, Qwen3-VL-MoE and the hybrid Qwen3.5 / Qwen3.5-MoE (Gated DeltaNet decoder, the
+same model class without deepstack) as GPTModel subclasses: logits parity with transformers for
+text, images, video and both, a batch, and controls showing that deepstack and the interleaved
+rope each matter; deepstack placement under pipeline parallelism; bit-exact round trips with the
 vision weights (the deepstack mergers included)."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from mcore_adapter.testing import VL_TOKENS, vl_prompt
 from mcore_adapter.testing.compare import compare_hf_dirs
 
 # fp32, eager attention on both sides; the vision tower is transformers' own module.
-PARITY_TOL = {"qwen3_vl": 1e-5, "qwen3_vl_moe": 5e-5}
+PARITY_TOL = {"qwen3_vl": 1e-5, "qwen3_vl_moe": 5e-5, "qwen3_5": 5e-5, "qwen3_5_moe": 5e-5}
+DEEPSTACK = ("qwen3_vl", "qwen3_vl_moe")  # Qwen3.5's tower has none
 IMAGE, VIDEO = VL_TOKENS["image_token_id"], VL_TOKENS["video_token_id"]
 PATCH_DIM = 3 * 2 * 14 * 14  # channels x temporal patch x patch^2
 
@@ -44,7 +46,7 @@ CASES = {
         [],
     ),
 }
-MODEL_TYPES = ["qwen3_vl", "qwen3_vl_moe"]
+MODEL_TYPES = ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
 
 
 def pixels(grids, seed):
@@ -104,7 +106,7 @@ def max_diff(mca_model, hf_model, batch) -> float:
 def test_logits_match_transformers(case, model_type, hf_model, mca_model, record_layout):
     from mcore_adapter.models.qwen3_vl.deepstack import DeepstackTransformerBlock
 
-    assert isinstance(mca_model.decoder, DeepstackTransformerBlock)
+    assert isinstance(mca_model.decoder, DeepstackTransformerBlock) is (model_type in DEEPSTACK)
     diff = max_diff(mca_model, hf_model, inputs(case))
     record_layout(model_type, False, "TP1", diff, diff <= PARITY_TOL[model_type])
     assert diff <= PARITY_TOL[model_type], f"{case}: max |logits diff| {diff}"
@@ -113,6 +115,9 @@ def test_logits_match_transformers(case, model_type, hf_model, mca_model, record
 def test_without_deepstack_the_logits_move(model_type, hf_model, mca_model, monkeypatch):
     """Control: the features added after the first layers matter (and only they are left out)."""
     from mcore_adapter.models.qwen3_vl.deepstack import Deepstack
+
+    if model_type not in DEEPSTACK:
+        pytest.skip("no deepstack in Qwen3.5's tower")
 
     batch = inputs("one image")
     monkeypatch.setattr(Deepstack, "add", lambda self, layer, hidden: hidden)
@@ -125,7 +130,8 @@ def test_contiguous_mrope_sections_move_the_logits(model_type, hf_model, mca_mod
     from megatron.core.models.common.embeddings.rotary_pos_embedding import MultimodalRotaryEmbedding
 
     interleaved = mca_model.rotary_pos_emb
-    contiguous = MultimodalRotaryEmbedding(kv_channels=mca_model.config.kv_channels, rotary_percent=1.0)
+    config = mca_model.config
+    contiguous = MultimodalRotaryEmbedding(kv_channels=config.kv_channels, rotary_percent=config.rotary_percent)
     contiguous.inv_freq = interleaved.inv_freq
     mca_model.rotary_pos_emb = contiguous
     try:
@@ -135,8 +141,11 @@ def test_contiguous_mrope_sections_move_the_logits(model_type, hf_model, mca_mod
         mca_model.rotary_pos_emb = interleaved
 
 
-def test_deepstack_layers_off_the_first_stage_are_refused(checkpoint, megatron):
+def test_deepstack_layers_off_the_first_stage_are_refused(model_type, checkpoint, megatron):
     from mcore_adapter import AutoConfig
+
+    if model_type not in DEEPSTACK:
+        pytest.skip("no deepstack in Qwen3.5's tower")
     from mcore_adapter.models.qwen3_vl.model import Qwen3VLModel
 
     config = AutoConfig.from_pretrained(checkpoint, pipeline_model_parallel_size=4)
@@ -144,7 +153,9 @@ def test_deepstack_layers_off_the_first_stage_are_refused(checkpoint, megatron):
         Qwen3VLModel(config)
 
 
-def test_full_recompute_with_deepstack_is_refused(mca_model, monkeypatch):
+def test_full_recompute_with_deepstack_is_refused(model_type, mca_model, monkeypatch):
+    if model_type not in DEEPSTACK:
+        pytest.skip("no deepstack in Qwen3.5's tower")
     monkeypatch.setattr(mca_model.config, "recompute_granularity", "full")
     monkeypatch.setattr(mca_model.config, "recompute_method", "uniform")
     monkeypatch.setattr(mca_model.config, "recompute_num_layers", 1)
@@ -165,9 +176,10 @@ def test_sequence_parallel_is_refused(checkpoint):
 
 
 @pytest.mark.parametrize("layout", [ParallelLayout(), ParallelLayout(tp=2, pp=2)], ids=["tp1", "tp2pp2"])
-def test_round_trip_with_vision_weights_is_bit_exact(layout, checkpoint, tmp_path):
+def test_round_trip_with_vision_weights_is_bit_exact(layout, model_type, checkpoint, tmp_path):
     report = convert_hf_to_mca(checkpoint, tmp_path / "mca", layout=layout, progress=False)
-    assert any(".deepstack_merger_list." in name for name in report.produced)
+    assert any(name.startswith("vision_model.merger.") for name in report.produced)
+    assert any(".deepstack_merger_list." in name for name in report.produced) is (model_type in DEEPSTACK)
     convert_mca_to_hf(tmp_path / "mca", tmp_path / "hf", progress=False)
     assert compare_hf_dirs(checkpoint, tmp_path / "hf") == []
 

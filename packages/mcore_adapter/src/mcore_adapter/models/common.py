@@ -5,6 +5,7 @@ states only its own differences."""
 from __future__ import annotations
 
 from .converter.ops import ConverOp, QKVBiasConverOp, QKVConverOp, RenameConverOp, StackConverOp
+from .converter.template import DerivedField
 
 DENSE_CONFIG_HF_TO_MCA: dict[str, str] = {
     "hidden_size": "hidden_size",
@@ -160,3 +161,16 @@ def qwen_vl_template(model_type: str, architecture: str) -> dict[str, object]:
         "hf_config_expect": {"text_config.hidden_act": "silu", "text_config.use_sliding_window": False},
         "hf_architecture": architecture,
     }
+
+
+def in_text_config(derived: DerivedField) -> DerivedField:
+    """A derived field of a decoder-only config, read from and written to ``text_config`` (a
+    vision-language config)."""
+    to_hf = derived.to_hf
+    return DerivedField(
+        tuple(f"text_config.{path}" for path in derived.hf_paths),
+        derived.to_mca,
+        None
+        if to_hf is None
+        else lambda value, mca: {f"text_config.{k}": v for k, v in to_hf(value, mca).items()},
+    )

@@ -204,6 +204,38 @@ def gated_delta_net_ops(in_proj: list[ConverOp]) -> list[ConverOp]:
     return [op.only(attention="linear") for op in ops]
 
 
+class SplitInProjConverOp(ConverOp):
+    """Qwen3.5's ``in_proj_qkv`` ([q; k; v], all heads in turn), ``in_proj_z``, ``in_proj_b``,
+    ``in_proj_a`` <-> Megatron's ``in_proj`` (their concatenation)."""
+
+    hf_arity = 4
+    mca_arity = 1
+
+    def _sizes(self) -> list[int]:
+        nk, nv, dk, dv = self._need(
+            "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim"
+        )
+        return [2 * nk * dk + nv * dv, nv * dv, nv, nv]
+
+    def _hf_to_mca(self, tensors):
+        for name, t, rows in zip(self.hf_names, tensors, self._sizes(), strict=True):
+            if t.shape[0] != rows:
+                raise ValueError(
+                    f"{name}: expected {rows} rows (from the linear_* sizes), got {tuple(t.shape)}"
+                )
+        return cat(tensors, dim=0)
+
+    def _mca_to_hf(self, tensors):
+        return list(torch.split(tensors[0], self._sizes(), dim=0))
+
+
+def qwen3_5_in_proj() -> list[ConverOp]:
+    names = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")
+    return [
+        SplitInProjConverOp([f".linear_attn.{n}.weight" for n in names], ".self_attention.in_proj.weight")
+    ]
+
+
 def qwen3_next_in_proj() -> list[ConverOp]:
     return [
         GatedDeltaNetInProjConverOp(

@@ -161,6 +161,24 @@ _QWEN3_VISION: dict[str, Any] = {
     "num_position_embeddings": 36,
     "deepstack_visual_indexes": [0, 1],
 }
+_QWEN3_5_VISION = {k: v for k, v in _QWEN3_VISION.items() if k != "deepstack_visual_indexes"}
+_QWEN3_5_TEXT: dict[str, Any] = {
+    "num_hidden_layers": 4,
+    "head_dim": 32,
+    "layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    # Half of the 32 dims rotate (8 frequencies: sections 4 + 2 + 2), with a small theta so that
+    # these few frequencies turn enough for the interleaving of the axes to show in the logits.
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 100.0,
+        "mrope_section": [4, 2, 2],
+        "partial_rotary_factor": 0.5,
+    },
+}
 TINY_VL_MODELS: dict[str, dict[str, Any]] = {
     "qwen2_vl": {
         "vision_config": {
@@ -197,6 +215,19 @@ TINY_VL_MODELS: dict[str, dict[str, Any]] = {
         "vision_config": _QWEN3_VISION,
         "text_config": {"num_hidden_layers": 4, "head_dim": 32},
     },
+    # Qwen3.5: the hybrid decoder (PP2: linear 0, full 1 | linear 2, full 3) with interleaved
+    # mrope over its partial rotary.
+    "qwen3_5": {"vision_config": _QWEN3_5_VISION, "text_config": _QWEN3_5_TEXT},
+    "qwen3_5_moe": {
+        "vision_config": _QWEN3_5_VISION,
+        "text_config": {
+            **_QWEN3_5_TEXT,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 48,
+        },
+    },
     # The MoE decoder: 4 experts, top-2, a dense layer (1) between expert layers.
     "qwen3_vl_moe": {
         "vision_config": _QWEN3_VISION,
@@ -214,7 +245,7 @@ TINY_VL_MODELS: dict[str, dict[str, Any]] = {
 
 # transformers' norms that scale by 1 + weight (zero-centered): their tiny weights are drawn so
 # that the scale is distributed as the other families' weights.
-ZERO_CENTERED_NORMS = ("Qwen3NextRMSNorm",)
+ZERO_CENTERED_NORMS = ("Qwen3NextRMSNorm", "Qwen3_5RMSNorm", "Qwen3_5MoeRMSNorm")
 
 
 def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrides: Any):

@@ -84,6 +84,8 @@ _BUILTIN_FAMILIES = (
     "deepseek_v3",
     "glm4_moe",
     "qwen3_next",
+    "qwen3_5",
+    "qwen3_5_moe",
     "internlm2",
 )
 _TEMPLATES: dict[str, Template] = {}

@@ -34,8 +34,8 @@ class Deepstack:
     def from_vision(cls, vision: list[tuple[torch.Tensor, Any]]) -> Deepstack | None:
         """From ``VisionLanguageModel.vision_outputs`` (placeholder masks ``[b, s]`` and tower
         outputs with ``deepstack_features``): images and videos merged by position."""
-        if not vision:
-            return None
+        if not vision or not getattr(vision[0][1], "deepstack_features", None):
+            return None  # (a tower without deepstack, e.g. Qwen3.5's)
         visual = torch.stack([mask for mask, _ in vision]).any(0)  # [b, s]
         batch = visual.shape[0]
         rows, cols = visual.nonzero(as_tuple=True)  # [b, s] order, as the tower's outputs are

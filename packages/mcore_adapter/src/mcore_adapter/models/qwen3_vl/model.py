@@ -41,7 +41,7 @@ class Qwen3VLModel(VisionLanguageModel):
             rotary_base=config.rotary_base,
         )
         self.rotary_pos_emb.inv_freq = contiguous.inv_freq
-        if self.pre_process:
+        if self.pre_process and config.num_deepstack_layers:
             DeepstackTransformerBlock.adopt(self.decoder, config.num_deepstack_layers)
 
     def forward(

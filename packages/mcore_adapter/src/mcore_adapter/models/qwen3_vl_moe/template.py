@@ -6,7 +6,8 @@ layout it read."""
 
 from __future__ import annotations
 
-from ..converter.template import DerivedField, register_template
+from ..common import in_text_config
+from ..converter.template import register_template
 from ..moe_common import (
     MOE_CONSTANT_MCA_CONFIG,
     QWEN_MOE_LAYER_FREQ,
@@ -15,19 +16,6 @@ from ..moe_common import (
     fused_experts_table,
 )
 from ..qwen3_vl.template import CONFIG_HF_TO_MCA, qwen3_vl_template
-
-
-def _in_text_config(derived: DerivedField) -> DerivedField:
-    """A derived field of a decoder-only config, read from and written to ``text_config``."""
-    to_hf = derived.to_hf
-    return DerivedField(
-        tuple(f"text_config.{path}" for path in derived.hf_paths),
-        derived.to_mca,
-        None
-        if to_hf is None
-        else lambda value, mca: {f"text_config.{k}": v for k, v in to_hf(value, mca).items()},
-    )
-
 
 register_template(
     **qwen3_vl_template(
@@ -49,7 +37,7 @@ register_template(
         # transformers renormalizes the top-k probabilities always (no norm_topk_prob field):
         # Megatron's softmax over the top-k logits.
         extra_constants={**MOE_CONSTANT_MCA_CONFIG, "moe_router_pre_softmax": False},
-        config_derived={"moe_layer_freq": _in_text_config(QWEN_MOE_LAYER_FREQ)},
+        config_derived={"moe_layer_freq": in_text_config(QWEN_MOE_LAYER_FREQ)},
         hf_fused_experts=fused_experts_table(),
         hf_fused_experts_transposed={
             ".mlp.experts.gate_up_proj": "text_config.hidden_size",

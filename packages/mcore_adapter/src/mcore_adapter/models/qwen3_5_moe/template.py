@@ -1,0 +1,34 @@
+"""Qwen3.5-MoE: Qwen3.5 with experts in every layer (softmax routing, the top-k renormalized)
+and a shared expert with its sigmoid gate."""
+
+from ..converter.template import register_template
+from ..moe_common import MOE_CONSTANT_MCA_CONFIG, expert_layer_ops, fused_experts_table
+from ..qwen3_5.template import HYBRID_CONFIG_HF_TO_MCA, qwen3_5_template
+
+register_template(
+    **qwen3_5_template(
+        "qwen3_5_moe",
+        "Qwen3_5MoeForConditionalGeneration",
+        expert_layer_ops(
+            router=".mlp.gate.weight",
+            experts=".mlp.experts",
+            shared=".mlp.shared_expert",
+            shared_gate=".mlp.shared_expert_gate.weight",
+        ),
+        config_hf_to_mca={
+            **HYBRID_CONFIG_HF_TO_MCA,
+            "text_config.num_experts": "num_moe_experts",
+            "text_config.num_experts_per_tok": "moe_router_topk",
+            "text_config.moe_intermediate_size": "moe_ffn_hidden_size",
+            "text_config.shared_expert_intermediate_size": "moe_shared_expert_intermediate_size",
+        },
+        # transformers renormalizes the top-k probabilities always: Megatron's softmax over the
+        # top-k logits
+        extra_constants={
+            **MOE_CONSTANT_MCA_CONFIG,
+            "moe_router_pre_softmax": False,
+            "moe_shared_expert_gate": True,
+        },
+        hf_fused_experts=fused_experts_table(),
+    )
+)
