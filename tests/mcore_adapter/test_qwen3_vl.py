@@ -112,12 +112,10 @@ def test_logits_match_transformers(case, model_type, hf_model, mca_model, record
     assert diff <= PARITY_TOL[model_type], f"{case}: max |logits diff| {diff}"
 
 
+@pytest.mark.parametrize("model_type", DEEPSTACK, indirect=True)
 def test_without_deepstack_the_logits_move(model_type, hf_model, mca_model, monkeypatch):
     """Control: the features added after the first layers matter (and only they are left out)."""
     from mcore_adapter.models.qwen3_vl.deepstack import Deepstack
-
-    if model_type not in DEEPSTACK:
-        pytest.skip("no deepstack in Qwen3.5's tower")
 
     batch = inputs("one image")
     monkeypatch.setattr(Deepstack, "add", lambda self, layer, hidden: hidden)
@@ -131,7 +129,9 @@ def test_contiguous_mrope_sections_move_the_logits(model_type, hf_model, mca_mod
 
     interleaved = mca_model.rotary_pos_emb
     config = mca_model.config
-    contiguous = MultimodalRotaryEmbedding(kv_channels=config.kv_channels, rotary_percent=config.rotary_percent)
+    contiguous = MultimodalRotaryEmbedding(
+        kv_channels=config.kv_channels, rotary_percent=config.rotary_percent
+    )
     contiguous.inv_freq = interleaved.inv_freq
     mca_model.rotary_pos_emb = contiguous
     try:
@@ -141,11 +141,9 @@ def test_contiguous_mrope_sections_move_the_logits(model_type, hf_model, mca_mod
         mca_model.rotary_pos_emb = interleaved
 
 
+@pytest.mark.parametrize("model_type", DEEPSTACK, indirect=True)
 def test_deepstack_layers_off_the_first_stage_are_refused(model_type, checkpoint, megatron):
     from mcore_adapter import AutoConfig
-
-    if model_type not in DEEPSTACK:
-        pytest.skip("no deepstack in Qwen3.5's tower")
     from mcore_adapter.models.qwen3_vl.model import Qwen3VLModel
 
     config = AutoConfig.from_pretrained(checkpoint, pipeline_model_parallel_size=4)
@@ -153,9 +151,8 @@ def test_deepstack_layers_off_the_first_stage_are_refused(model_type, checkpoint
         Qwen3VLModel(config)
 
 
+@pytest.mark.parametrize("model_type", DEEPSTACK, indirect=True)
 def test_full_recompute_with_deepstack_is_refused(model_type, mca_model, monkeypatch):
-    if model_type not in DEEPSTACK:
-        pytest.skip("no deepstack in Qwen3.5's tower")
     monkeypatch.setattr(mca_model.config, "recompute_granularity", "full")
     monkeypatch.setattr(mca_model.config, "recompute_method", "uniform")
     monkeypatch.setattr(mca_model.config, "recompute_num_layers", 1)

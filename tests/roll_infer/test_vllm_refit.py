@@ -239,7 +239,8 @@ def test_the_engine_processes_ran_the_plugin(refit):
     assert SHM_BACKEND in report["transfer_backends"]
 
 
-def test_sync_into_an_hf_moe_model_fills_its_fused_experts(megatron, tiny_checkpoint):
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "qwen3_next"])
+def test_sync_into_an_hf_moe_model_fills_its_fused_experts(model_type, megatron, tiny_checkpoint):
     """transformers 5 keeps a MoE layer's experts fused in memory; the source sends the hub's
     per-expert names, which the sink writes into the fused tensors' slices."""
     from transformers import AutoModelForCausalLM
@@ -249,7 +250,7 @@ def test_sync_into_an_hf_moe_model_fills_its_fused_experts(megatron, tiny_checkp
     from roll_infer.testing import sgd_step_towards_random_targets
     from roll_infer.weight_sync import McaWeightSource, sync_to_hf_model
 
-    hf_dir = tiny_checkpoint("qwen3_moe")
+    hf_dir = tiny_checkpoint(model_type)
     model = AutoModel.from_pretrained(str(hf_dir))
     sgd_step_towards_random_targets(model)
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
@@ -265,11 +266,11 @@ def test_sync_into_an_hf_moe_model_fills_its_fused_experts(megatron, tiny_checkp
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"])
 def test_sync_into_an_hf_vision_language_model(model_type, megatron, tiny_checkpoint):
-    """A trained Qwen3-VL(-MoE) synced into transformers' model (the RL reference): vision
-    tower, deepstack mergers and fused experts included, the image prompt's logits are the
-    Megatron model's."""
+    """A trained Qwen3-VL(-MoE) or Qwen3.5(-MoE) synced into transformers' model (the RL
+    reference): vision tower, deepstack mergers, Gated DeltaNet and fused experts included, the
+    image prompt's logits are the Megatron model's."""
     from transformers import AutoModelForImageTextToText
 
     from mcore_adapter import AutoModel
