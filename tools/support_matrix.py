@@ -59,7 +59,16 @@ LAYOUTS = ["TP1", "TP2", "PP2", "VPP2", "TP2xPP2", "TP4", "PP4", "TP2xPP2 uneven
 MOE_LAYOUTS = ["TP1", "TP2", "EP2", "TP2xEP2", "TP2xEP2 ETP1", "TP2 ETP1", "PP2", "PP2xEP2", "TP2xPP2"]
 DISPATCHERS = {"allgather": "ag", "alltoall": "a2a"}
 # The families with experts (their TP1 rows come from the single-process tests, allgather).
-MOE_TYPES = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "qwen3_vl_moe", "qwen3_next", "qwen3_5_moe")
+MOE_TYPES = (
+    "qwen2_moe",
+    "qwen3_moe",
+    "mixtral",
+    "deepseek_v3",
+    "glm4_moe",
+    "qwen3_vl_moe",
+    "qwen3_next",
+    "qwen3_5_moe",
+)
 
 
 def split_layout(result: dict) -> tuple[str, str, str]:
