@@ -110,3 +110,39 @@ def test_offset_norm_round_trip_is_exact_where_norms_live():
     assert torch.equal(op.convert(op.convert([w], to_mca=True), to_mca=False)[0], w)
     with pytest.warns(UserWarning, match="not exact"):
         op.convert([torch.tensor([0.1234567, 1.0])], to_mca=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"layout": {"tp": 4}}, "linear_num_key_heads=2 is not divisible by tp=4"),
+        ({"config": {"layer_types": ["linear_attention", "sliding_attention"] * 2}}, "layer_types holds"),
+        ({"tensor": ("model.layers.0.linear_attn.in_proj_ba.weight", (6, 64))}, "in_proj_ba.weight"),
+    ],
+    ids=["linear heads over tp", "unknown layer type", "in_proj of the wrong size"],
+)
+def test_bad_inputs_are_refused_with_the_reason(change, message, checkpoint, tmp_path):
+    """What a user can get wrong with a hybrid model: each refused before anything is written."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mcore_adapter.models.converter.convert import convert_hf_to_mca
+    from mcore_adapter.models.converter.layout import ParallelLayout
+
+    source = tmp_path / "hf"
+    shutil.copytree(checkpoint, source)
+    if "config" in change:
+        config = json.loads((source / "config.json").read_text())
+        (source / "config.json").write_text(json.dumps({**config, **change["config"]}))
+    if "tensor" in change:
+        name, shape = change["tensor"]
+        tensors = load_file(source / "model.safetensors")
+        tensors[name] = torch.zeros(shape)
+        save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(Exception, match=message):
+        convert_hf_to_mca(
+            source, tmp_path / "mca", layout=ParallelLayout(**change.get("layout", {})), progress=False
+        )
+    assert not (tmp_path / "mca").exists()

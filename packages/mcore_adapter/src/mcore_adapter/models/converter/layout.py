@@ -145,6 +145,14 @@ class ParallelLayout:
             )
         if vpp is not None and pp < 2:
             raise LayoutError(f"virtual pipeline (vpp={vpp}) needs pp >= 2, got pp={pp}")
+        if model.get("experimental_attention_variant") == "gated_delta_net":
+            for field in ("linear_num_key_heads", "linear_num_value_heads"):
+                if int(model[field]) % tp:
+                    raise LayoutError(
+                        f"{field}={model[field]} is not divisible by tp={tp}; Megatron-Core splits "
+                        f"Gated DeltaNet's heads over tensor-parallel ranks: choose tp among "
+                        f"{_divisors(int(model['linear_num_key_heads']))}"
+                    )
         self._check_experts(model)
         bound = ParallelLayout(*self._values(), num_layers=int(model["num_layers"]))
         bound._check_layers()
