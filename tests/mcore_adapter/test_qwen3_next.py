@@ -115,9 +115,12 @@ def test_offset_norm_round_trip_is_exact_where_norms_live():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"layout": {"tp": 4}}, "linear_num_key_heads=2 is not divisible by tp=4"),
+        (
+            {"config": {"linear_num_key_heads": 2, "linear_num_value_heads": 4}, "layout": {"tp": 4}},
+            "linear_num_key_heads=2 is not divisible by tp=4",
+        ),
         ({"config": {"layer_types": ["linear_attention", "sliding_attention"] * 2}}, "layer_types holds"),
-        ({"tensor": ("model.layers.0.linear_attn.in_proj_ba.weight", (6, 64))}, "in_proj_ba.weight"),
+        ({"tensor": ("model.layers.0.linear_attn.in_proj_ba.weight", (12, 64))}, "in_proj_ba.weight"),
     ],
     ids=["linear heads over tp", "unknown layer type", "in_proj of the wrong size"],
 )

@@ -109,16 +109,17 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
         "use_qk_norm": True,
         "attention_bias": True,
     },
-    # Gated DeltaNet (2 key heads, 4 value heads) and gated full attention; PP2 puts a stage
-    # boundary between a linear (1) and a full (2) attention layer; a dense layer (3).
+    # Gated DeltaNet (4 key heads, 8 value heads: TP4 splits them too) and gated full attention;
+    # PP2 puts a stage boundary between a linear (1) and a full (2) attention layer; a dense
+    # layer (3).
     "qwen3_next": {
         "layer_types": ["linear_attention", "linear_attention", "full_attention", "linear_attention"],
         "num_hidden_layers": 4,
         "linear_conv_kernel_dim": 4,
         "linear_key_head_dim": 16,
         "linear_value_head_dim": 16,
-        "linear_num_key_heads": 2,
-        "linear_num_value_heads": 4,
+        "linear_num_key_heads": 4,
+        "linear_num_value_heads": 8,
         "num_experts": 4,
         "num_experts_per_tok": 2,
         "moe_intermediate_size": 32,
