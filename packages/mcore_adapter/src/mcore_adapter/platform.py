@@ -198,9 +198,7 @@ class ZeroCenteredRMSNorm(torch.nn.Module):
 def _zero_centered_local_norm() -> None:
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-    if getattr(WrappedTorchNorm, "_zero_centered", False):
-        return
-    plain = WrappedTorchNorm.__new__
+    plain = WrappedTorchNorm.__new__  # (applied once: apply_local_spec_fixes is cached)
 
     def new(cls, config, hidden_size, eps=1e-5, *args, **kwargs):
         if config.layernorm_zero_centered_gamma and config.normalization == "RMSNorm":
@@ -208,7 +206,6 @@ def _zero_centered_local_norm() -> None:
         return plain(cls, config, hidden_size, eps, *args, **kwargs)
 
     WrappedTorchNorm.__new__ = new
-    WrappedTorchNorm._zero_centered = True
 
 
 @functools.cache

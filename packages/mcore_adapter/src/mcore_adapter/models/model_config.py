@@ -87,12 +87,14 @@ class McaModelConfig(MLATransformerConfig):
             self.pipeline_dtype = self.params_dtype
         # MLATransformerConfig refuses an attention output gate even when MLA is off (the
         # config class of every model here); a gated GQA model (Qwen3-Next) needs it.
-        gate = self.attention_output_gate and not self.multi_latent_attention
-        self.attention_output_gate = self.attention_output_gate and not gate
+        gated = self.attention_output_gate and not self.multi_latent_attention
+        if gated:
+            self.attention_output_gate = False
         try:
             super().__post_init__()
         finally:
-            self.attention_output_gate = self.attention_output_gate or gate
+            if gated:
+                self.attention_output_gate = True
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

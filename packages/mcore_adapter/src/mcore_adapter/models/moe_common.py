@@ -185,6 +185,17 @@ def expert_layer_ops(
     return [op.only(layers="moe") for op in ops]
 
 
+def gated_shared_expert_layer_ops() -> list[ConverOp]:
+    """The expert layer of Qwen2-MoE, Qwen3-Next and Qwen3.5-MoE: router ``mlp.gate``, experts
+    ``mlp.experts``, one shared expert scaled by its sigmoid gate ``mlp.shared_expert_gate``."""
+    return expert_layer_ops(
+        router=".mlp.gate.weight",
+        experts=".mlp.experts",
+        shared=".mlp.shared_expert",
+        shared_gate=".mlp.shared_expert_gate.weight",
+    )
+
+
 def fused_experts_table(
     experts: str = ".mlp.experts", expert_names: Sequence[str] = ("gate_proj", "up_proj", "down_proj")
 ) -> dict[str, tuple[str, ...]]:

@@ -161,7 +161,16 @@ class VisionLanguageModel(McaGPTModel):
         if position_ids is None:
             position_ids, _ = self.rope_index(input_ids, image_grid_thw, video_grid_thw, **position_kwargs)
         if self.pre_process and kwargs.get("decoder_input") is None:
-            kwargs["decoder_input"] = self.embed(
+            vision = self.vision_outputs(
                 input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
             )
+            kwargs["decoder_input"] = self.embed(input_ids, vision=vision)
+            block_inputs = self.decoder_block_inputs(vision)
+            if block_inputs:
+                kwargs["extra_block_kwargs"] = {**(kwargs.get("extra_block_kwargs") or {}), **block_inputs}
         return super().forward(input_ids, position_ids, attention_mask, **kwargs)
+
+    def decoder_block_inputs(self, vision: list[tuple[torch.Tensor, Any]]) -> dict[str, Any]:
+        """Inputs the decoder block takes besides the embeddings, from ``vision_outputs``
+        (Qwen3-VL: its deepstack features); none by default."""
+        return {}

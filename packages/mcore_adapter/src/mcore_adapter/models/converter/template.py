@@ -177,13 +177,9 @@ def layer_kinds(config: Any) -> list[str]:
     if not getattr(config, "num_moe_experts", None):
         return ["dense"] * num_layers
     freq = getattr(config, "moe_layer_freq", 1)
-    if isinstance(freq, str):  # Megatron-LM's command-line form, e.g. "([0]+[1]*3)"
-        freq = _parse_layer_pattern(freq)
     if isinstance(freq, int):
         return ["moe" if i % freq == 0 else "dense" for i in range(num_layers)]
-    if len(freq) != num_layers:
-        raise ConversionError(f"moe_layer_freq has {len(freq)} entries for {num_layers} layers: {freq}")
-    return ["moe" if f else "dense" for f in freq]
+    return ["moe" if f else "dense" for f in _layer_pattern(freq, num_layers, "moe_layer_freq")]
 
 
 def attention_kinds(config: Any) -> list[str]:
@@ -194,21 +190,21 @@ def attention_kinds(config: Any) -> list[str]:
     freq = getattr(config, "linear_attention_freq", None)
     if freq is None or getattr(config, "experimental_attention_variant", None) != "gated_delta_net":
         return ["full"] * num_layers
-    if isinstance(freq, str):
-        freq = _parse_layer_pattern(freq)
     if isinstance(freq, int):
         return ["full" if (i + 1) % freq == 0 else "linear" for i in range(num_layers)]
+    return ["linear" if f else "full" for f in _layer_pattern(freq, num_layers, "linear_attention_freq")]
+
+
+def _layer_pattern(freq: str | list[int], num_layers: int, field: str) -> list[int]:
+    """A per-layer 0/1 list given as a list, or in Megatron-LM's command-line form (e.g.
+    ``"([0]+[1]*3)"``), checked to have one entry per layer."""
+    if isinstance(freq, str):
+        if not re.fullmatch(r"[\s\[\]\(\)\d,*+]+", freq):
+            raise ConversionError(f"{field} {freq!r} is not a list pattern such as '([0]*1+[1]*3)'")
+        freq = list(eval(freq, {"__builtins__": {}}))  # digits, brackets, + and * only (checked above)
     if len(freq) != num_layers:
-        raise ConversionError(
-            f"linear_attention_freq has {len(freq)} entries for {num_layers} layers: {freq}"
-        )
-    return ["linear" if f else "full" for f in freq]
-
-
-def _parse_layer_pattern(text: str) -> list[int]:
-    if not re.fullmatch(r"[\s\[\]\(\)\d,*+]+", text):
-        raise ConversionError(f"moe_layer_freq {text!r} is not a list pattern such as '([0]*1+[1]*3)'")
-    return list(eval(text, {"__builtins__": {}}))  # digits, brackets, + and * only (checked above)
+        raise ConversionError(f"{field} has {len(freq)} entries for {num_layers} layers: {freq}")
+    return list(freq)
 
 
 def _exclusive(a: ConverOp, b: ConverOp) -> bool:

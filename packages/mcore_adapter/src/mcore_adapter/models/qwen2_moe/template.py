@@ -16,8 +16,8 @@ from ..moe_common import (
     MOE_CONSTANT_MCA_CONFIG,
     QWEN_MOE_DERIVED,
     dense_mlp_ops,
-    expert_layer_ops,
     fused_experts_table,
+    gated_shared_expert_layer_ops,
 )
 
 register_template(
@@ -33,12 +33,7 @@ register_template(
         *global_ops(),
         *attention_ops(qkv_bias="add_qkv_bias"),
         *dense_mlp_ops(),
-        *expert_layer_ops(
-            router=".mlp.gate.weight",
-            experts=".mlp.experts",
-            shared=".mlp.shared_expert",
-            shared_gate=".mlp.shared_expert_gate.weight",
-        ),
+        *gated_shared_expert_layer_ops(),
     ],
     hf_layer_prefix="model.layers.",
     hf_fused_experts=fused_experts_table(),

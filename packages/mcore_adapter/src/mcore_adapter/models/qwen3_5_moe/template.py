@@ -2,19 +2,14 @@
 and a shared expert with its sigmoid gate."""
 
 from ..converter.template import register_template
-from ..moe_common import MOE_CONSTANT_MCA_CONFIG, expert_layer_ops, fused_experts_table
+from ..moe_common import MOE_CONSTANT_MCA_CONFIG, fused_experts_table, gated_shared_expert_layer_ops
 from ..qwen3_5.template import HYBRID_CONFIG_HF_TO_MCA, qwen3_5_template
 
 register_template(
     **qwen3_5_template(
         "qwen3_5_moe",
         "Qwen3_5MoeForConditionalGeneration",
-        expert_layer_ops(
-            router=".mlp.gate.weight",
-            experts=".mlp.experts",
-            shared=".mlp.shared_expert",
-            shared_gate=".mlp.shared_expert_gate.weight",
-        ),
+        gated_shared_expert_layer_ops(),
         config_hf_to_mca={
             **HYBRID_CONFIG_HF_TO_MCA,
             "text_config.num_experts": "num_moe_experts",

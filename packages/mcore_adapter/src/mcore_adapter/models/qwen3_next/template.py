@@ -24,8 +24,8 @@ from ..moe_common import (
     MOE_CONSTANT_MCA_CONFIG,
     QWEN_MOE_DERIVED,
     dense_mlp_ops,
-    expert_layer_ops,
     fused_experts_table,
+    gated_shared_expert_layer_ops,
 )
 
 
@@ -53,12 +53,7 @@ register_template(
         *gated_attention_ops(),
         *gated_delta_net_ops(qwen3_next_in_proj()),
         *dense_mlp_ops(),
-        *expert_layer_ops(
-            router=".mlp.gate.weight",
-            experts=".mlp.experts",
-            shared=".mlp.shared_expert",
-            shared_gate=".mlp.shared_expert_gate.weight",
-        ),
+        *gated_shared_expert_layer_ops(),
     ],
     hf_layer_prefix="model.layers.",
     hf_fused_experts=fused_experts_table(),

@@ -44,36 +44,9 @@ class Qwen3VLModel(VisionLanguageModel):
         if self.pre_process and config.num_deepstack_layers:
             DeepstackTransformerBlock.adopt(self.decoder, config.num_deepstack_layers)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_grid_thw: torch.Tensor | None = None,
-        pixel_values_videos: torch.Tensor | None = None,
-        video_grid_thw: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if self.pre_process and kwargs.get("decoder_input") is None:
-            vision = self.vision_outputs(
-                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
-            )
-            kwargs["decoder_input"] = self.embed(input_ids, vision=vision)
-            deepstack = Deepstack.from_vision(vision)
-            if deepstack is not None:
-                kwargs["extra_block_kwargs"] = {
-                    **(kwargs.get("extra_block_kwargs") or {}),
-                    "deepstack": deepstack,
-                }
-        return super().forward(
-            input_ids,
-            position_ids,
-            attention_mask,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            **kwargs,
-        )
+    def decoder_block_inputs(self, vision: list[tuple[torch.Tensor, Any]]) -> dict[str, Any]:
+        deepstack = Deepstack.from_vision(vision)
+        return {} if deepstack is None else {"deepstack": deepstack}
 
 
 def _check_deepstack_placement(config: Qwen3VLConfig) -> None:
