@@ -34,6 +34,7 @@ from .converter.mca_io import (
 )
 from .converter.shapes import expert_pattern
 from .converter.template import ConversionError, Template, get_template
+from .dist_checkpoint import load_dist_checkpoint
 
 DEFAULT_BUCKET_BYTES = 256 * 1024**2
 
@@ -120,7 +121,7 @@ def load_pretrained(models: list, path: str | os.PathLike) -> None:
     else:
         meta = McaCheckpointMeta.load(path)
         if meta.checkpoint_format == "torch_dist":
-            state = dist_checkpointing.load(_sharded_state_dict(models), str(iteration_dir(path)))
+            state = load_dist_checkpoint(_sharded_state_dict(models), iteration_dir(path))
             for model, key in zip(models, _chunk_keys(models), strict=True):
                 model.load_state_dict(state[key], strict=True)
             return

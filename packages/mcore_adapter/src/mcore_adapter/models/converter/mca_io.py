@@ -28,6 +28,7 @@ from .fused_experts import EXPERT_LAYOUTS, PER_EXPERT
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
 from .template import ARCH_FIELDS, ConversionError, as_json, get_template
+from .untrusted import load_weights_only
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
@@ -357,9 +358,12 @@ class TorchRankReader:
         if not file.is_file():
             raise CheckpointError(f"missing rank file {file}; the MCA checkpoint is incomplete")
         try:
-            payload = torch.load(file, map_location="meta", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read {file}: {e}; the file may be truncated") from e
+            payload = load_weights_only(file, map_location="meta")
+        except CheckpointError:
+            raise
+        except Exception as e:  # a damaged zip, a short file: torch's first line says which
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot read {file}: {reason}; the file may be truncated") from None
         self.chunks: dict[str, dict[str, torch.Tensor]] = {
             k: v for k, v in payload.items() if k == "model" or re.fullmatch(r"model\d+", k)
         }

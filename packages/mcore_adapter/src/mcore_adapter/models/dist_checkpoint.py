@@ -1,0 +1,147 @@
+"""Loading Megatron's ``torch_dist`` checkpoints without running code from them.
+
+megatron-core's loader (0.16 and 0.19) reads a checkpoint through torch's
+``FileSystemReader``, which unpickles ``.metadata`` with plain ``pickle`` and each stored
+object (``_extra_state``) with ``torch.load(weights_only=False)``; both run whatever a crafted
+file asks. ``load_dist_checkpoint`` is ``dist_checkpointing.load`` with a reader that reads
+the metadata through the allowlist of ``converter.untrusted`` and stored objects with
+``weights_only``, and a common-state loader that does the same for ``common.pt``.
+
+Megatron builds its reader in one module-level function, ``_get_filesystem_reader``, with no
+way to pass one in; the reader is put there only while our own strategy loads, and a
+megatron-core without that function is refused rather than loaded unchecked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import torch as megatron_torch_strategy
+from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import StorageMeta
+
+from .converter.errors import CheckpointError, UserError
+from .converter.hf_io import read_json
+from .converter.untrusted import load_weights_only, open_regular, read_dcp_metadata
+
+
+class _WeightsOnlyObjects:
+    """A load planner whose stored objects are read with ``weights_only`` (the planner's own
+    ``load_bytes`` unpickles them unrestricted); what that builds is handed on re-serialized."""
+
+    def __init__(self, planner, where: Path):
+        self._planner, self._where = planner, where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._planner, name)
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        obj = load_weights_only(value, f"{self._where}: the stored object {read_item.dest_index.fqn!r}")
+        safe = io.BytesIO()
+        torch.save(obj, safe)
+        safe.seek(0)
+        self._planner.load_bytes(read_item, safe)
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """torch's reader over metadata already read through the allowlist (torch swallows what
+    ``read_metadata`` raises and falls back to per-rank files, so the metadata is read, and
+    refused, before torch starts), with stored objects read with ``weights_only``."""
+
+    def __init__(self, path, metadata) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        if kwargs.get("rank") is not None:  # per-rank metadata: not what Megatron writes
+            raise CheckpointError(f"{self.path} has no per-rank metadata")
+        if getattr(self._metadata, "storage_meta", None) is None:
+            self._metadata.storage_meta = StorageMeta()
+        self._metadata.storage_meta.load_id = self.load_id
+        return self._metadata
+
+    def read_data(self, plan, planner):
+        return super().read_data(plan, _WeightsOnlyObjects(planner, Path(self.path)))
+
+
+@contextlib.contextmanager
+def _safe_reader(checkpoint_dir) -> Iterator[None]:
+    name = "_get_filesystem_reader"
+    original = getattr(megatron_torch_strategy, name, None)
+    if original is None:
+        raise RuntimeError(
+            f"this megatron-core has no {megatron_torch_strategy.__name__}.{name}, where the "
+            "torch_dist reader is built: mcore_adapter cannot load torch_dist checkpoints safely with it"
+        )
+    metadata = read_dcp_metadata(Path(checkpoint_dir) / ".metadata")
+
+    def reader(path, cache_metadata: bool = False) -> SafeFileSystemReader:
+        if Path(path) != Path(checkpoint_dir):
+            raise RuntimeError(f"megatron-core asked to read {path} while loading {checkpoint_dir}")
+        return SafeFileSystemReader(path, metadata)
+
+    setattr(megatron_torch_strategy, name, reader)
+    try:
+        yield
+    finally:
+        setattr(megatron_torch_strategy, name, original)
+
+
+class _SafeShardedLoad(TorchDistLoadShardedStrategy):
+    def load(self, sharded_state_dict, checkpoint_dir):
+        with _safe_reader(checkpoint_dir):
+            return super().load(sharded_state_dict, checkpoint_dir)
+
+    def load_tensors_metadata(self, checkpoint_dir, metadata=None):
+        with _safe_reader(checkpoint_dir):
+            return super().load_tensors_metadata(checkpoint_dir, metadata)
+
+    def load_sharded_metadata(self, checkpoint_dir):
+        with _safe_reader(checkpoint_dir):
+            return super().load_sharded_metadata(checkpoint_dir)
+
+
+class _SafeCommonLoad(TorchCommonLoadStrategy):
+    def load_common(self, checkpoint_dir):
+        path = Path(checkpoint_dir) / COMMON_STATE_FNAME
+        with open_regular(path) as f:
+            return load_weights_only(f, str(path), map_location="cpu")
+
+
+def _first_user_error(e: CheckpointException) -> UserError | None:
+    for failure in e.failures.values():
+        error = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(error, UserError):
+            return error
+    return None
+
+
+def load_dist_checkpoint(sharded_state_dict: dict, checkpoint_dir: Path) -> dict:
+    """``dist_checkpointing.load`` of a ``torch_dist`` checkpoint, reading no pickle unrestricted."""
+    config = read_json(checkpoint_dir / "metadata.json")
+    if config.get("sharded_backend") != "torch_dist":
+        raise CheckpointError(
+            f"{checkpoint_dir / 'metadata.json'} names the sharded backend "
+            f"{str(config.get('sharded_backend'))[:40]!r}; only 'torch_dist' checkpoints are read"
+        )
+    try:
+        return dist_checkpointing.load(
+            sharded_state_dict,
+            str(checkpoint_dir),
+            sharded_strategy=_SafeShardedLoad(),
+            common_strategy=_SafeCommonLoad(),
+        )
+    except CheckpointException as e:  # torch wraps what a rank raised in its own exception
+        error = _first_user_error(e)
+        if error is None:
+            raise
+        raise error from None
