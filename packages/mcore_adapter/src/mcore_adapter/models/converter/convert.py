@@ -115,6 +115,13 @@ def _config_hint(kwargs: dict[str, Any], where: str, fix: str = "") -> str:
     )
 
 
+def _not_floating(dtype: torch.dtype) -> str:
+    return (
+        f"stored as {dtype}, but a weight is floating point (fp32, bf16, fp16); an integer or boolean "
+        "weight is a damaged or quantized checkpoint, which is not converted"
+    )
+
+
 def _raise(problems: Problems, path: Path, hint: str) -> None:
     if problems:
         raise ConversionError(problems.message(f"{path} does not match its config", hint))
@@ -179,6 +186,8 @@ class HFSource:
                         f"block is {tuple(tensor.shape)}, the config implies {expected}"
                     )
                 tensor = torch.empty(expected, dtype=tensor.dtype, device="meta")
+            if not tensor.dtype.is_floating_point and mapper.outputs_of(name):
+                problems.add(f"{name}: {_not_floating(tensor.dtype)}")
             yield from mapper.push(name, tensor)
         self.report = mapper.finish()
         check_complete(self.template, self.op_config, self.report.produced, problems)
@@ -313,6 +322,8 @@ class McaTorchSource:
         """The merged weight as a meta tensor, after checking each rank's slice against the
         slice of the shape the config implies."""
         shards = [r.chunks[key][local] for r in readers]
+        if not shards[0].dtype.is_floating_point:
+            problems.add(f"{key}/{local}: {_not_floating(shards[0].dtype)}")
         dtypes = {s.dtype for s in shards}
         if len(dtypes) > 1:
             problems.add(

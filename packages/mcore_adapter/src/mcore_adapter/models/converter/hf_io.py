@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from .buffers import Scratch
 from .errors import CheckpointError
 from .fused_experts import FUSED, FUSED_TRANSPOSED, PER_EXPERT, Part
+from .untrusted import check_regular, open_regular, plain_name
 
 HF_CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -24,13 +26,21 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a regular file (a FIFO or device is refused, not waited on)."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except json.JSONDecodeError as e:
+        with open_regular(Path(path)) as f:
+            data = json.load(f)
+    except CheckpointError as e:
+        if not Path(path).exists():
+            raise CheckpointError(f"{path} does not exist") from None
+        raise e from None
+    except json.JSONDecodeError as e:  # its message gives a position, never the text
         raise CheckpointError(f"{path} is not valid JSON ({e}); the file may be truncated") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not valid JSON (not UTF-8 text)") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -109,9 +119,14 @@ class HFCheckpoint:
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{index} has no weight_map")
+            for name, filename in weight_map.items():
+                plain_name(filename, f"{index} (for {str(name)[:200]!r})")
+            # a shard may be a link (the hub's cache links each to its blob); a FIFO is refused
             missing = sorted({f for f in weight_map.values() if not (self.path / f).exists()})
             if missing:
                 raise CheckpointError(f"{index} names shard(s) that do not exist: {missing}")
+            for filename in set(weight_map.values()):
+                check_regular(self.path / filename)
             return weight_map
         single = self.path / SAFE_WEIGHTS_NAME
         if single.exists():
@@ -247,33 +262,79 @@ class _ShardHeader:
 
     @classmethod
     def read(cls, file: Path) -> _ShardHeader:
-        def bad(why: str) -> CheckpointError:
-            return CheckpointError(f"cannot read {file}: {why}; the shard may be truncated")
+        """Check what safetensors itself checks (a header of at most 100 MB holding a JSON
+        object; each entry a known dtype, a shape of non-negative integers and the byte range
+        that shape needs; the ranges in order, without gaps or overlaps, covering the data to
+        the end of the file) and that the ``__metadata__`` is strings. Nothing of the file is
+        quoted in an error but tensor names."""
 
-        size = file.stat().st_size
+        def bad(why: str) -> CheckpointError:
+            return CheckpointError(
+                f"cannot read {file}: {why}; it is not a valid safetensors file (or truncated)"
+            )
+
+        with open_regular(file) as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise bad(f"it has {size} bytes, fewer than a header needs")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(size - 8, _MAX_HEADER_BYTES):
+                raise bad("its header length exceeds the file (or safetensors' 100 MB limit)")
+            raw = f.read(length)
         try:
-            with open(file, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                if length > size - 8:
-                    raise bad(f"its header claims {length} bytes, the file has {size}")
-                header = json.loads(f.read(length))
-        except (struct.error, ValueError) as e:
-            raise bad(f"not a safetensors header ({e})") from None
+            header = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8: the bytes are not echoed
+            raise bad("its header is not JSON") from None
+        if not isinstance(header, dict):
+            raise bad("its header is not a JSON object")
         start = 8 + length
         tensors = {}
+        ranges = []
         for name, info in header.items():
             if name == "__metadata__":
+                if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                    raise bad("__metadata__ is not a map of strings")
                 continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise CheckpointError(
-                    f"{file}: {name!r} is stored as {info['dtype']}, which this converter does not read "
-                    f"(supported: {', '.join(_SAFETENSORS_DTYPES)})"
-                )
-            begin, end = info["data_offsets"]
-            if start + end > size:
-                raise bad(f"{name!r} ends at byte {start + end}, the file has {size}")
-            tensors[name] = (_SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]), begin)
-        return cls(file, start, tensors)
+            tensors[name] = _entry(info, name, bad)
+            ranges.append((tensors[name][2], tensors[name][3], name))
+        offset = 0
+        for begin, end, name in sorted(ranges):
+            if begin != offset:
+                gap = "overlaps the tensor before it" if begin < offset else "leaves a gap before it"
+                raise bad(f"{name!r}: its byte range {gap}")
+            offset = end
+        if start + offset != size:
+            raise bad(f"its tensors end at byte {start + offset}, the file has {size}")
+        return cls(file, start, {name: entry[:3] for name, entry in tensors.items()})
+
+
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+
+def _entry(info: object, name: str, bad) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, every field checked."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise bad(f"{name!r} is not an entry of dtype, shape and data_offsets")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in _SAFETENSORS_DTYPES:
+        shown = code if isinstance(code, str) and re.fullmatch(r"[A-Z0-9_]{1,16}", code) else "unknown"
+        raise CheckpointError(
+            f"{name!r} is stored as {shown} in its shard, which this converter does not read "
+            f"(supported: {', '.join(_SAFETENSORS_DTYPES)})"
+        )
+    if not _ints(shape, lambda n: n >= 0):
+        raise bad(f"{name!r} has a shape that is not a list of non-negative integers")
+    if not (_ints(offsets, lambda n: n >= 0) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+        raise bad(f"{name!r} has data_offsets that are not two ordered non-negative integers")
+    dtype = _SAFETENSORS_DTYPES[code]
+    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+        raise bad(f"{name!r}: its byte range does not hold a {code} tensor of shape {tuple(shape)}")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _ints(value: object, ok) -> bool:
+    return isinstance(value, list) and all(type(n) is int and ok(n) for n in value)
 
 
 class SafetensorsWriter:
