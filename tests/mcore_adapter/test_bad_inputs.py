@@ -39,6 +39,7 @@ UP = "model.layers.1.mlp.up_proj.weight"
 GATE_UP = "model.layers.0.mlp.experts.gate_up_proj"
 MTP_EMBED = "model.layers.2.embed_tokens.weight"  # the tiny DeepSeek-V3's MTP layer
 INDEX = "model.safetensors.index.json"
+NORM_MCA = "embedding.word_embeddings.weight"  # on the first stage
 
 
 @dataclass
@@ -168,6 +169,79 @@ def _existing_dst(*files: str) -> Step:
 
 def _link_to_src(case: Case) -> None:
     (case.tmp / "link").symlink_to(case.src)
+
+
+def _index_naming(shard: str) -> Step:
+    """An index that maps every tensor to ``shard`` (``{tmp}`` is the test's directory)."""
+
+    def step(case: Case) -> None:
+        names = load_file(case.src / "model.safetensors")
+        target = shard.format(tmp=case.tmp)
+        (case.src / INDEX).write_text(json.dumps({"weight_map": dict.fromkeys(names, target)}))
+
+    return step
+
+
+def _copy_outside(case: Case) -> None:
+    """A valid shard outside the checkpoint, which an index could name with '..'."""
+    shutil.copyfile(case.src / "model.safetensors", case.tmp / "outside.safetensors")
+
+
+def _fifo(where: str) -> Step:
+    def step(case: Case) -> None:
+        _file(case, where).unlink()
+        os.mkfifo(_file(case, where))
+
+    return step
+
+
+def _edit_header(edit: Callable[[dict], None]) -> Step:
+    """Rewrite the shard's JSON header (the data bytes stay as they are)."""
+
+    def step(case: Case) -> None:
+        file = case.src / "model.safetensors"
+        raw = file.read_bytes()
+        length = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + length])
+        edit(header)
+        encoded = json.dumps(header).encode()
+        file.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + length :])
+
+    return step
+
+
+def _entry(name: str, **fields) -> Callable[[dict], None]:
+    def edit(header: dict) -> None:
+        for key, value in fields.items():
+            if value is None:
+                del header[name][key]
+            else:
+                header[name][key] = value
+
+    return edit
+
+
+def _offsets_of(name: str, shift: Callable[[list[int], dict], list[int]]) -> Callable[[dict], None]:
+    return lambda header: header[name].update(data_offsets=shift(header[name]["data_offsets"], header))
+
+
+def _pickled_payload(rank: tuple[int, int]) -> Step:
+    """A rank file whose pickle would run a command (``touch MARKER``) when loaded unrestricted."""
+
+    def step(case: Case) -> None:
+        state = torch.load(_file(case, rank), weights_only=True)
+        state["args"] = _RunsCommand(f"touch {case.tmp / 'MARKER'}")
+        torch.save(state, _file(case, rank))
+
+    return step
+
+
+class _RunsCommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
 
 
 # ---------------------------------------------------------------------- the table
@@ -425,6 +499,123 @@ ROWS = [
         "cannot be rebuilt",
         "--hf-config",
     ),
+    _row(
+        "index-names-an-absolute-path",
+        [_hf, _index_naming("/etc/passwd")],
+        ["convert", SRC, DST],
+        "/etc/passwd",
+        "plain names inside its directory",
+    ),
+    _row(
+        "index-names-a-file-outside",
+        [_hf, _copy_outside, _index_naming("../outside.safetensors")],
+        ["convert", SRC, DST],
+        r"'\.\./outside\.safetensors'",
+        "nothing outside was read",
+    ),
+    _row("shard-is-a-fifo", [_hf, _fifo("model.safetensors")], ["convert", SRC, DST], "is a FIFO"),
+    _row("config-is-a-fifo", [_hf, _fifo("config.json")], ["convert", SRC, DST], "is a FIFO"),
+    _row("verify-shard-is-a-fifo", [_hf, _fifo("model.safetensors")], ["verify", SRC], "is a FIFO"),
+    _row(
+        "header-negative-offset",
+        [_hf, _edit_header(_offsets_of(NORM, lambda o, h: [o[0] - 8, o[1] - 8]))],
+        ["convert", SRC, DST],
+        re.escape(f"{NORM!r} has data_offsets that are not two ordered non-negative integers")
+        + "|overlaps|gap",
+    ),
+    _row(
+        "header-overlapping-offsets",
+        [_hf, _edit_header(_offsets_of(NORM, lambda o, h: [o[0] - 4, o[1] - 4]))],
+        ["convert", SRC, DST],
+        "overlaps the tensor before it|leaves a gap",
+    ),
+    _row(
+        "header-short-offsets",
+        [_hf, _edit_header(_offsets_of(NORM, lambda o, h: [o[0], o[1] - 4]))],
+        ["convert", SRC, DST],
+        re.escape(f"{NORM!r}: its byte range does not hold a F32 tensor of shape (64,)"),
+    ),
+    _row(
+        "header-offsets-past-the-end",
+        [_hf, _edit_header(_offsets_of(NORM, lambda o, h: [o[0] + 10**9, o[1] + 10**9]))],
+        ["convert", SRC, DST],
+        "gap",
+    ),
+    _row(
+        "header-shape-not-a-list",
+        [_hf, _edit_header(_entry(NORM, shape="64"))],
+        ["convert", SRC, DST],
+        "shape that is not a list of non-negative integers",
+    ),
+    _row(
+        "header-negative-dimension",
+        [_hf, _edit_header(_entry(NORM, shape=[-64]))],
+        ["convert", SRC, DST],
+        "shape that is not a list of non-negative integers",
+    ),
+    _row(
+        "header-dtype-missing",
+        [_hf, _edit_header(_entry(NORM, dtype=None))],
+        ["convert", SRC, DST],
+        "not an entry of dtype, shape and data_offsets",
+    ),
+    _row(
+        "header-shape-missing",
+        [_hf, _edit_header(_entry(NORM, shape=None))],
+        ["convert", SRC, DST],
+        "not an entry of dtype, shape and data_offsets",
+    ),
+    _row(
+        "header-entry-not-an-object",
+        [_hf, _edit_header(lambda h: h.update({NORM: [1, 2, 3]}))],
+        ["convert", SRC, DST],
+        "not an entry of dtype, shape and data_offsets",
+    ),
+    _row(
+        "header-dtype-unknown",
+        [_hf, _edit_header(_entry(NORM, dtype="\u001b[31mRED"))],
+        ["convert", SRC, DST],
+        "stored as unknown",
+    ),
+    _row(
+        "header-not-an-object",
+        [_hf, _edit_header(lambda h: (h.clear(), h.update({"x": None})))],
+        ["convert", SRC, DST],
+        "not an entry",
+    ),
+    _row(
+        "fp8-weight",
+        [_hf, _replace(DOWN, lambda t: t.to(torch.float8_e4m3fn))],
+        ["convert", SRC, DST],
+        "stored as F8_E4M3",
+        "does not read",
+    ),
+    _row(
+        "integer-weight",
+        [_hf, _replace(DOWN, lambda t: t.to(torch.int32))],
+        ["convert", SRC, DST],
+        re.escape(f"{DOWN}: stored as torch.int32, but a weight is floating point"),
+    ),
+    _row(
+        "boolean-weight",
+        [_hf, _replace(NORM, lambda t: t > 0)],
+        ["convert", SRC, DST],
+        re.escape(f"{NORM}: stored as torch.bool, but a weight is floating point"),
+    ),
+    _row(
+        "rank-file-runs-code",
+        [_mca, _pickled_payload((0, 1))],
+        ["convert", SRC, DST],
+        "mp_rank_00_001",
+        r"weights_only=True\) refuses",
+        "nothing in it was run",
+    ),
+    _row(
+        "rank-file-integer-weight",
+        [_mca, _edit_rank((0, 0), lambda s: s.update({NORM_MCA: s[NORM_MCA].to(torch.int64)}))],
+        ["convert", SRC, DST],
+        re.escape(f"model/{NORM_MCA}: stored as torch.int64"),
+    ),
     _row("verify-mca-dir", [_mca], ["verify", SRC], "verify compares against transformers"),
     _row("verify-missing-dir", [], ["verify", SRC], "does not exist"),
     _row(
@@ -453,6 +644,8 @@ def _snapshot(root: Path) -> dict[str, object]:
             rel = str(path.relative_to(root))
             if path.is_symlink():
                 entries[rel] = ("link", os.readlink(path))
+            elif path.is_fifo():  # never opened: it would block
+                entries[rel] = "fifo"
             else:
                 entries[rel] = "dir" if path.is_dir() else path.read_bytes()
     return entries
@@ -489,7 +682,7 @@ def _assert_refused(argv: list[str], facts: tuple[str, ...], root: Path, capsys)
     _check_facts(err, facts)
     dst_parent = Path(argv[2]).parent if argv[0] == "convert" else root
     assert _staging_left(dst_parent) == []
-    assert _snapshot(root) == before
+    assert _snapshot(root) == before  # also: no MARKER, which a payload would have created
 
 
 def _no_ranks(*args, **kwargs):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .models.converter.atomic import Interrupted, check_output_dir
 from .models.converter.errors import CheckpointError, UserError
+from .models.converter.untrusted import check_regular
 
 LAYOUT_FLAGS = (
     "tp",
@@ -60,10 +61,10 @@ def _source_kind(src: Path) -> str:
         raise CheckpointError(f"{src} does not exist; give the directory of an HF or MCA checkpoint")
     if not src.is_dir():
         raise CheckpointError(f"{src} is a file; give the directory of an HF or MCA checkpoint")
-    if (src / "mca_config.json").is_file():
-        return "mca"
-    if (src / "config.json").is_file():
-        return "hf"
+    for name, kind in (("mca_config.json", "mca"), ("config.json", "hf")):
+        if (src / name).exists():
+            check_regular(src / name)  # a FIFO would block the reader
+            return kind
     found = sorted(p.name for p in src.iterdir())[:8]
     raise CheckpointError(
         f"{src} holds neither config.json (an HF checkpoint) nor mca_config.json (an MCA "

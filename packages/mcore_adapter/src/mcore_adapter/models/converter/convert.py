@@ -67,14 +67,23 @@ logger = logging.getLogger("mcore_adapter")
 
 def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
     """Copy the files that travel with a model but are not weights or its config (tokenizer,
-    generation config, chat template...), so a conversion round trip keeps them."""
+    generation config, chat template...), so a conversion round trip keeps them. Each is copied
+    as what it is: a symbolic link stays a link to the same file (the hub's cache links every
+    file to its blob), never replaced by the contents of what it points to; anything but files
+    and links (a FIFO, a socket) is left out, and the log says so."""
     copied = []
     for item in sorted(Path(src).iterdir()):
-        if not item.is_file() or item.name.startswith(".") or item.name in _WRITTEN_BY_CONVERSION:
+        if item.name.startswith(".") or item.name in _WRITTEN_BY_CONVERSION or item.is_dir():
             continue
         if item.suffix in _WEIGHT_SUFFIXES or item.name.endswith(".index.json"):
             continue
-        shutil.copyfile(item, Path(dst) / item.name)  # made as new files are: the umask decides the mode
+        if item.is_symlink():
+            os.symlink(os.path.realpath(item), Path(dst) / item.name)  # absolute: valid from dst too
+        elif item.is_file():
+            shutil.copyfile(item, Path(dst) / item.name)  # made as new files are: the umask decides the mode
+        else:
+            logger.warning(f"left out {item.name}: not a regular file or a link")
+            continue
         copied.append(item.name)
     return copied
 

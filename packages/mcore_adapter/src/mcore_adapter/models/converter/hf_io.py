@@ -129,8 +129,11 @@ class HFCheckpoint:
                 check_regular(self.path / filename)
             return weight_map
         single = self.path / SAFE_WEIGHTS_NAME
-        if single.exists():
-            return dict.fromkeys(self._header(SAFE_WEIGHTS_NAME).tensors, SAFE_WEIGHTS_NAME)
+        if single.exists() or single.is_symlink():
+            tensors = self._header(SAFE_WEIGHTS_NAME).tensors
+            if not tensors:
+                raise CheckpointError(f"{single} holds no tensors")
+            return dict.fromkeys(tensors, SAFE_WEIGHTS_NAME)
         shards = sorted(p.name for p in self.path.glob("*.safetensors"))
         if shards:
             raise CheckpointError(

@@ -9,6 +9,9 @@
   plain file name inside the checkpoint directory (``plain_name``), and only regular files are
   opened (``open_regular``): a FIFO would block a reader forever, a device read without end.
 - Errors name the file and what is wrong with it; they never echo the file's bytes.
+
+torch is imported where it is used: the CLI checks its arguments with this module before
+anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import pickle
 import stat
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .errors import CheckpointError
 
@@ -56,6 +57,8 @@ DCP_METADATA_GLOBALS = frozenset(
 
 
 def _is_torch_dtype(module: str, name: str) -> bool:
+    import torch
+
     return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
 
 
@@ -131,6 +134,8 @@ def open_regular(path: Path) -> io.BufferedReader:
 def load_weights_only(file: Any, what: str | None = None, **kwargs: Any) -> Any:
     """``torch.load(file, weights_only=True)`` with its refusal as one line naming the file, or
     ``what`` (torch's own message runs to a dozen lines and quotes the pickle)."""
+    import torch
+
     try:
         return torch.load(file, weights_only=True, **kwargs)
     except pickle.UnpicklingError:
