@@ -11,9 +11,17 @@ it by its config.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
-from collections.abc import Callable
+import importlib.util
+import numbers
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.machinery import PathFinder
 from typing import Any
 
 # strategy -> provider, or "module:function" until first use.
@@ -28,6 +36,11 @@ _PROVIDERS: dict[str, Callable[..., Any] | str] = {
 
 class ProviderError(ValueError):
     """A model, tokenizer or processor cannot be provided as asked (the message says why)."""
+
+
+class ArgumentError(ProviderError):
+    """A malformed argument, refused at the call: the message names it, says what was expected,
+    what was found and what to do."""
 
 
 @dataclass
@@ -58,7 +71,9 @@ def register_model_provider(
     strategy: str, provider: Callable[..., Any] | str, overwrite: bool = False
 ) -> None:
     """Add a strategy, or replace one (``overwrite=True``). ``provider(model_args,
-    is_trainable)`` returns the model; a "module:function" string is imported on first use."""
+    is_trainable)`` returns the model; a "module:function" string is imported on first use (and
+    checked now: well formed, its module on the import path)."""
+    check_provider(strategy, provider)
     if strategy in _PROVIDERS and not overwrite:
         raise ProviderError(
             f"strategy {strategy!r} already has a provider; pass overwrite=True to replace it"
@@ -80,13 +95,198 @@ def get_model_provider(strategy: str) -> Callable[..., Any]:
         ) from None
     if isinstance(provider, str):
         module, _, name = provider.partition(":")
-        provider = _PROVIDERS[strategy] = getattr(importlib.import_module(module), name)
+        try:
+            provider = _PROVIDERS[strategy] = getattr(importlib.import_module(module), name)
+        except AttributeError:
+            raise ProviderError(
+                f"the provider of strategy {strategy!r} is {provider!r}, but module {module!r} has no "
+                f"{name!r}; register the right name with register_model_provider(..., overwrite=True)"
+            ) from None
     return provider
 
 
 def default_model_provider(strategy: str, model_args: ModelArgs, is_trainable: bool = False) -> Any:
     """The model of ``model_args`` as ``strategy`` runs it."""
     return get_model_provider(strategy)(model_args, is_trainable)
+
+
+# ---------------------------------------------------------------------- argument checks
+# Every provider calls check_model_args before it imports its backend or reads a checkpoint, so
+# that a malformed argument is refused at the call, by name.
+HEADS = ("lm", "value", "reward")
+# The strategies that apply each optional argument (any other refuses it: nothing is ignored).
+_APPLIED_BY = {
+    "layout": "megatron_train, megatron_infer",
+    "deepspeed": "deepspeed_train, deepspeed_infer",
+    "lora": "deepspeed_train, deepspeed_infer",
+    "optimizer": "deepspeed_train",
+    "gradient_checkpointing": "deepspeed_train",
+}
+LAYOUT_KEYS = ("tp", "pp", "vpp", "ep", "etp")  # Megatron's parallel sizes
+ZERO_STAGES = (0, 1, 2, 3)
+# backend -> (files one of which marks a checkpoint directory, whether a hub id "org/name" loads)
+CHECKPOINTS = {"hf": (("config.json",), True), "megatron": (("config.json", "mca_config.json"), False)}
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")  # no leading "/", "." or "~"
+
+
+def _bad(name: str, expected: str, found: Any, todo: str) -> ArgumentError:
+    return ArgumentError(f"{name} must be {expected}, not {found!r} ({type(found).__name__}); {todo}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_keys(name: str, given: Mapping, accepted: tuple[str, ...] | list[str], what: str) -> None:
+    unknown = sorted(set(given) - set(accepted), key=str)
+    if unknown:
+        close = [m for k in unknown for m in difflib.get_close_matches(str(k), accepted, n=1)]
+        raise ArgumentError(
+            f"{name} keys {unknown} are not {what}: use {', '.join(accepted)}"
+            + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+        )
+
+
+def check_model_path(path: Any, backend: str = "hf") -> None:
+    """A checkpoint directory (or, for transformers, a hub id): a path that exists but holds no
+    config, or that does not exist and is no hub id, is refused before transformers or Megatron
+    sees it."""
+    name, (configs, hub) = "model_args.model_name_or_path", CHECKPOINTS[backend]
+    expected = "a checkpoint directory" + (" or a hub id 'org/name'" if hub else "")
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise _bad(name, expected, path, "give the directory that holds the checkpoint's config.json")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, c)) for c in configs):
+            raise ArgumentError(
+                f"{name} {path!r} is a directory without {' or '.join(configs)}, so not a checkpoint; "
+                "give the directory that holds the checkpoint's config"
+            )
+    elif os.path.exists(path):
+        raise _bad(name, expected, path, "that is a file: give the directory that holds it")
+    elif not (hub and _looks_like_hub_id(path)):
+        raise ArgumentError(
+            f"{name} {path!r} does not exist; expected {expected}: check the path (relative paths "
+            f"start from {os.getcwd()!r})" + ("" if hub else "; download a hub checkpoint first")
+        )
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """Of the form name or org/name, and no local path: not absolute, not ./ ../ ~, no "org" folder here."""
+    return _HUB_ID.fullmatch(path) is not None and not ("/" in path and os.path.isdir(path.split("/")[0]))
+
+
+def check_layout(layout: Any) -> None:
+    if not isinstance(layout, Mapping):
+        raise _bad(
+            "model_args.layout", "a dict of Megatron parallel sizes", layout, "e.g. {'tp': 2, 'pp': 1}"
+        )
+    _check_keys("model_args.layout", layout, LAYOUT_KEYS, "Megatron's parallel sizes")
+    for key, size in layout.items():
+        if size is not None and not (_is_int(size) and size > 0):
+            raise _bad(
+                f"model_args.layout[{key!r}]", "a positive int (or None: 1)", size, f"e.g. {{{key!r}: 2}}"
+            )
+
+
+def check_deepspeed(config: Any) -> None:
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        raise _bad(
+            "model_args.deepspeed", "a dict (DeepSpeed's config)", config, "json.load a config file first"
+        )
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, Mapping):
+        raise _bad("model_args.deepspeed['zero_optimization']", "a dict", zero, "e.g. {'stage': 3}")
+    stage = zero.get("stage", 0)
+    if not (_is_int(stage) and stage in ZERO_STAGES):
+        raise _bad(
+            "model_args.deepspeed['zero_optimization']['stage']",
+            "a ZeRO stage, the int 0, 1, 2 or 3",
+            stage,
+            "DeepSpeed has no other stages (3 partitions the parameters)",
+        )
+
+
+def check_lora(lora: Any) -> None:
+    if lora is None:
+        return
+    example = "e.g. {'r': 8, 'lora_alpha': 16, 'target_modules': ['q_proj', 'v_proj']}"
+    if not isinstance(lora, Mapping):
+        raise _bad("model_args.lora", "a dict of peft.LoraConfig arguments", lora, example)
+    from peft import LoraConfig
+
+    accepted = sorted(f.name for f in dataclasses.fields(LoraConfig) if f.init)
+    _check_keys("model_args.lora", lora, accepted, "peft.LoraConfig's arguments")
+    rank = lora.get("r", 8)
+    if not (_is_int(rank) and rank > 0):
+        raise _bad("model_args.lora['r']", "a positive int (the adapters' rank)", rank, example)
+
+
+def check_model_args(model_args: ModelArgs, backend: str = "hf", unused: tuple[str, ...] = ()) -> None:
+    """The checks every provider makes first: path, head, layout, DeepSpeed config and LoRA;
+    an argument in ``unused`` (one the calling strategy does not apply) must not be given."""
+    for name in unused:
+        value = getattr(model_args, name)
+        if value:  # None, {} and False are the defaults: not asked for
+            raise ArgumentError(
+                f"model_args.{name} is given ({str(value)[:80]}), but this strategy does not apply it; "
+                f"drop it, or use a strategy that does ({_APPLIED_BY[name]})"
+            )
+    check_model_path(model_args.model_name_or_path, backend)
+    if model_args.head not in HEADS:
+        raise _bad(
+            "model_args.head", f"one of {', '.join(map(repr, HEADS))}", model_args.head, "see ModelArgs"
+        )
+    check_layout(model_args.layout)
+    check_deepspeed(model_args.deepspeed)
+    check_lora(model_args.lora)
+    if model_args.optimizer is not None and not callable(model_args.optimizer):
+        raise _bad(
+            "model_args.optimizer",
+            "a function of the parameters",
+            model_args.optimizer,
+            "e.g. lambda params: torch.optim.AdamW(params)",
+        )
+
+
+def check_provider(strategy: Any, provider: Any) -> None:
+    """``register_model_provider``'s arguments: a name, and a function or a "module:function"
+    string whose module is on the import path (found without importing it)."""
+    if not isinstance(strategy, str) or not strategy.strip():
+        raise _bad("strategy", "a non-empty name", strategy, "e.g. register_model_provider('my_infer', fn)")
+    if callable(provider):
+        return
+    expected = "a function (model_args, is_trainable) -> model, or a 'module:function' string"
+    if not isinstance(provider, str):
+        raise _bad("provider", expected, provider, "e.g. 'my_package.providers:my_infer'")
+    module, _, function = provider.partition(":")
+    if not (all(p.isidentifier() for p in module.split(".")) and function.isidentifier()):
+        raise _bad("provider", expected, provider, "e.g. 'my_package.providers:my_infer'")
+    if not _findable(module):
+        raise ArgumentError(
+            f"provider {provider!r}: module {module!r} is not on the import path; install its "
+            "package or correct the name"
+        )
+
+
+def _findable(module: str) -> bool:
+    """Whether ``module`` can be imported, looked up without importing it or its packages
+    (``importlib.util.find_spec`` of a submodule imports the package)."""
+    names, path = module.split("."), None
+    for i in range(len(names)):
+        name = ".".join(names[: i + 1])
+        if name in sys.modules:
+            path = getattr(sys.modules[name], "__path__", None)
+            continue
+        if i and path is None:  # the parent is a module, not a package
+            return False
+        spec = PathFinder.find_spec(name, path) if i else importlib.util.find_spec(name)
+        if spec is None:
+            return False
+        path = spec.submodule_search_locations
+    return True
 
 
 # ---------------------------------------------------------------------- HF configs and classes

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..model_providers import ModelArgs, ProviderError, load_config
+from ..model_providers import ModelArgs, ProviderError, check_model_args, load_config
 from .hf import attn_implementation, auto_class, torch_dtype
 
 
@@ -32,12 +32,10 @@ def _deepspeed():
 
 
 def ds_config(model_args: ModelArgs) -> dict[str, Any]:
-    """The DeepSpeed config of ``model_args.deepspeed`` with the defaults a single model needs,
-    checked: a ZeRO stage outside 0-3 is an error before anything is built."""
+    """The DeepSpeed config of ``model_args.deepspeed`` (checked by ``check_model_args``) with the
+    defaults a single model needs."""
     config = {"train_micro_batch_size_per_gpu": 1, **(model_args.deepspeed or {})}
-    stage = config.setdefault("zero_optimization", {}).setdefault("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise ProviderError(f"ZeRO stage {stage!r} does not exist: DeepSpeed has stages 0, 1, 2 and 3")
+    config["zero_optimization"] = {"stage": 0, **config.get("zero_optimization", {})}
     dtype = str(torch_dtype(model_args.dtype)).removeprefix("torch.")
     config.setdefault("bf16", {"enabled": dtype == "bfloat16"})
     config.setdefault("fp16", {"enabled": dtype == "float16"})
@@ -78,6 +76,7 @@ def _with_lora(model, lora: dict[str, Any]):
 def deepspeed_train(model_args: ModelArgs, is_trainable: bool = True):
     """A DeepSpeed engine over the model. ``model_args.optimizer`` (a function of the trainable
     parameters) gives a torch optimizer; without it the DeepSpeed config must name one."""
+    check_model_args(model_args, "hf", unused=("layout",))
     deepspeed = _deepspeed()
     config = ds_config(model_args)
     model = _model(model_args, config, trainable=True)
@@ -101,6 +100,7 @@ def deepspeed_infer(model_args: ModelArgs, is_trainable: bool = False):
     """A DeepSpeed engine for inference (a reference model at ZeRO-3 holds a partition)."""
     if is_trainable:
         raise ProviderError("deepspeed_infer provides models for inference; train with deepspeed_train")
+    check_model_args(model_args, "hf", unused=("layout", "optimizer", "gradient_checkpointing"))
     deepspeed = _deepspeed()
     config = ds_config(model_args)
     model = _model(model_args, config, trainable=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from ..model_providers import ModelArgs, ProviderError, load_config
+from ..model_providers import ModelArgs, ProviderError, check_model_args, load_config
 
 
 def attn_implementation(requested: str | None) -> str:
@@ -51,6 +51,9 @@ def torch_dtype(name: Any):
 def hf_infer(model_args: ModelArgs, is_trainable: bool = False):
     if is_trainable:
         raise ProviderError("hf_infer provides models for inference; train with a *_train strategy")
+    check_model_args(
+        model_args, "hf", unused=("layout", "deepspeed", "lora", "optimizer", "gradient_checkpointing")
+    )
     config = load_config(model_args.model_name_or_path)
     extra = {"num_labels": 1} if model_args.head != "lm" else {}
     model = auto_class(config, model_args.head).from_pretrained(

@@ -3,23 +3,18 @@
 
 from __future__ import annotations
 
-from ..model_providers import ModelArgs
+from ..model_providers import ModelArgs, ProviderError, check_model_args
 from .hf import torch_dtype
-
-_LAYOUT_KEYS = ("tp", "pp", "vpp", "ep", "etp")
 
 
 def _build(model_args: ModelArgs):
+    # before megatron's import (12-20 s); LoRA on Megatron is not built yet: refused, not ignored
+    check_model_args(
+        model_args, "megatron", unused=("deepspeed", "lora", "optimizer", "gradient_checkpointing")
+    )
     from mcore_adapter import AutoModel
     from mcore_adapter.parallel import initialize_model_parallel
 
-    from ..model_providers import ProviderError
-
-    unknown = set(model_args.layout) - set(_LAYOUT_KEYS)
-    if unknown:
-        raise ProviderError(
-            f"layout keys {sorted(unknown)} are not Megatron's: use {', '.join(_LAYOUT_KEYS)}"
-        )
     layout = {k: v for k, v in model_args.layout.items() if v is not None}
     initialize_model_parallel(**layout)  # keeps a layout the job already initialized
     model = AutoModel.from_pretrained(
