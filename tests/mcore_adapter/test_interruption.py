@@ -125,3 +125,85 @@ def test_outputs_get_the_mode_of_a_plain_mkdir(umask, tiny_checkpoint, tmp_path)
         modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in paths}
         expected = {p.relative_to(tmp_path): (0o777 if p.is_dir() else 0o666) & ~umask for p in paths}
         assert modes == expected
+
+
+# ---------------------------------------------------------------------- races at the destination
+def _one_error_line(err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_two_conversions_into_one_new_destination(tiny_checkpoint, tmp_path):
+    """Both pass the early check and write at once; the second to finish must not replace the
+    first's output: it exits 2 and discards its own."""
+    src, dst = tiny_checkpoint("llama"), tmp_path / "mca"
+    first = _start_slow_conversion(src, dst, tmp_path / "first-writing")
+    second = _start_slow_conversion(src, dst, tmp_path / "second-writing")
+    results = [proc.communicate(timeout=300) for proc in (first, second)]
+    codes = sorted(proc.returncode for proc in (first, second))
+    assert codes == [0, 2], results
+    err = next(err for (_, err), proc in zip(results, (first, second), strict=True) if proc.returncode == 2)
+    assert "created by someone else while this conversion ran" in _one_error_line(err)
+    assert McaCheckpointMeta.load(dst).checkpoint_format == "torch"
+    assert convert_mca_to_hf(dst, tmp_path / "hf", progress=False).produced  # complete, readable
+    assert _staging(tmp_path) == []
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["new", "force"])
+def test_a_directory_made_at_the_destination_during_a_run_is_kept(force, tiny_checkpoint, tmp_path):
+    """The user makes the destination (their own files, no checkpoint) while a conversion
+    writes: it is theirs, with or without --force, and stays as it is."""
+    src, dst = tiny_checkpoint("llama"), tmp_path / "mca"
+    marker = tmp_path / "writing"
+    argv = [sys.executable, "-c", SLOW_CONVERT, str(marker), "convert", str(src), str(dst), "--tp", "2"]
+    proc = subprocess.Popen([*argv, *(["--force"] if force else [])], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    line = _one_error_line(err)
+    assert ("created by someone else" in line) if not force else ("holds other files (notes.txt)" in line)
+    assert _snapshot(dst) == {"notes.txt": b"mine"}
+    assert _staging(tmp_path) == []
+
+
+def test_force_onto_a_link_replaces_the_link_and_leaves_nothing_behind(tiny_checkpoint, tmp_path):
+    earlier = tmp_path / "earlier"
+    convert_hf_to_mca(tiny_checkpoint("llama"), earlier, progress=False)
+    before = _snapshot(earlier)
+    (tmp_path / "mca").symlink_to(earlier)
+    assert (
+        main(["convert", str(tiny_checkpoint("llama")), str(tmp_path / "mca"), "--tp", "2", "--force"]) == 0
+    )
+    assert not (tmp_path / "mca").is_symlink()
+    assert McaCheckpointMeta.load(tmp_path / "mca").tp == 2
+    assert _snapshot(earlier) == before  # the link's target is not touched
+    assert _staging(tmp_path) == []
+
+
+def test_an_output_put_back_is_never_replaced_without_force(tiny_checkpoint, tmp_path, capsys):
+    """A killed --force run left the earlier output aside; a later run without --force puts it
+    back and then refuses to write over it."""
+    dst = tmp_path / "mca"
+    convert_hf_to_mca(tiny_checkpoint("llama"), dst, progress=False)
+    before = _snapshot(dst)
+    dst.rename(tmp_path / f".mca.old-{atomic._HOST}-{_dead_pid()}-0123abcd")
+    assert main(["convert", str(tiny_checkpoint("llama")), str(dst), "--tp", "2"]) == 2
+    assert "already exists" in _one_error_line(capsys.readouterr().err)
+    assert _snapshot(dst) == before and _staging(tmp_path) == []
+
+
+def test_an_output_aside_is_kept_when_the_destination_exists_again(tiny_checkpoint, tmp_path):
+    dst = tmp_path / "mca"
+    convert_hf_to_mca(tiny_checkpoint("llama"), dst, progress=False)
+    aside = tmp_path / f".mca.old-{atomic._HOST}-{_dead_pid()}-0123abcd"
+    dst.rename(aside)
+    before = _snapshot(aside)
+    dst.mkdir()
+    assert atomic.remove_stale_staging(dst) == []
+    assert _snapshot(aside) == before  # neither restored over the new one nor removed

@@ -8,11 +8,22 @@ The temporary directory is named ``.NAME.tmp-HOST-PID-TOKEN`` after its writer, 
 later run into the same destination can remove what a killed run (``kill -9``, a node failure)
 left behind, and only that: directories of writers that still run, or that ran on another
 host, are left alone.
+
+Placing the output never replaces what this run did not mean to replace: a new destination is
+taken with ``rename(RENAME_NOREPLACE)``, so a directory that appeared there while the run
+worked (another conversion's, the user's) stays and this run fails with ``OutputExistsError``;
+``force`` swaps the new output with the earlier checkpoint in one ``rename(RENAME_EXCHANGE)``
+after checking again that it is one, so the destination is never missing. Where the kernel or
+file system lacks ``renameat2`` the check and the rename are made under a lock on the parent
+directory, which every run of this module takes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import logging
 import os
 import re
@@ -82,6 +93,12 @@ def check_output_dir(dst: str | os.PathLike, force: bool, sources: Iterable[str 
         raise OutputExistsError(
             f"output directory {dst} already exists; choose a new path or pass --force (force=True) to replace it"
         )
+    _check_replaceable(dst)
+    return dst
+
+
+def _check_replaceable(dst: Path) -> None:
+    """``force`` replaces an earlier checkpoint directory (or a link to one), nothing else."""
     if not dst.is_dir():
         raise OutputExistsError(
             f"{dst} is a file; --force replaces an earlier checkpoint directory, never a file: "
@@ -95,7 +112,79 @@ def check_output_dir(dst: str | os.PathLike, force: bool, sources: Iterable[str 
                 f"({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}) and no "
                 f"{' / '.join(CHECKPOINT_MARKERS)}; choose another destination or remove it yourself"
             )
-    return dst
+
+
+# ---------------------------------------------------------------------- placing the output
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28; absent elsewhere
+
+
+def _rename(src: Path, dst: Path, flags: int) -> bool:
+    """``renameat2(src, dst, flags)``; False where the system cannot do it (no such call, or a
+    file system that does not support the flag), an ``OSError`` for any other failure."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+@contextlib.contextmanager
+def _parent_locked(dst: Path) -> Iterator[None]:
+    """The fallback's mutual exclusion: an exclusive lock on the destination's parent directory."""
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _appeared(dst: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{dst} was created by someone else while this conversion ran; it is left as it is and this "
+        "run's output was discarded: choose another destination, or pass --force to replace an earlier checkpoint"
+    )
+
+
+def _place(tmp: Path, dst: Path, force: bool) -> Path | None:
+    """Move the finished ``tmp`` to ``dst``; returns what ``force`` swapped out (to remove)."""
+    if not force or not (dst.exists() or dst.is_symlink()):
+        try:
+            if _rename(tmp, dst, _RENAME_NOREPLACE):
+                return None
+        except FileExistsError:
+            raise _appeared(dst) from None
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+            raise _appeared(dst) from None
+        with _parent_locked(dst):
+            if dst.exists() or dst.is_symlink():
+                raise _appeared(dst)
+            os.rename(tmp, dst)
+        return None
+    _check_replaceable(dst)  # again: it may have changed since the run started
+    if _rename(tmp, dst, _RENAME_EXCHANGE):
+        return tmp  # the earlier checkpoint now has the staging name
+    with _parent_locked(dst):
+        _check_replaceable(dst)
+        old = _staging_name(dst, "old")
+        os.rename(dst, old)
+        os.rename(tmp, dst)
+    return old
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink():  # a link to an earlier checkpoint: the link goes, its target stays
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- temporary directories
@@ -135,8 +224,18 @@ def remove_stale_staging(dst: str | os.PathLike) -> list[Path]:
             continue
         if pid == os.getpid() or _pid_alive(pid):
             continue
-        if kind == "old" and not (dst.exists() or dst.is_symlink()):
-            os.replace(entry, dst)
+        if kind == "old":  # an earlier output a killed --force run moved aside: never removed here
+            try:
+                with _parent_locked(dst):
+                    if dst.exists() or dst.is_symlink():
+                        raise FileExistsError
+                    os.rename(entry, dst)
+            except FileExistsError:
+                logger.warning(
+                    f"left {entry}: process {pid} moved the earlier {dst.name} there to replace it and was "
+                    f"killed, and {dst} exists again; remove whichever you do not need"
+                )
+                continue
             logger.warning(
                 f"restored {dst} from {entry.name}: process {pid} had moved it aside to replace it "
                 "and was killed before it could"
@@ -181,26 +280,19 @@ def staged_output_dir(
     The directory is made as a plain ``mkdir`` would (the umask decides its mode), so the
     output is as readable as any other directory the user creates.
     """
-    dst = check_output_dir(dst, force, sources).absolute()
+    dst = Path(dst).absolute()
+    check_output_dir(dst, force, sources)
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(dst)
+    check_output_dir(dst, force, sources)  # again: the cleanup may have put an earlier output back
     with _signals_raise_interrupted():
         tmp = _staging_name(dst, "tmp")
         os.mkdir(tmp)
         try:
             yield tmp
-            old = None
-            if dst.exists() or dst.is_symlink():  # force: keep the old output until the new one is in place
-                old = _staging_name(dst, "old")
-                os.replace(dst, old)
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                if old is not None:
-                    os.replace(old, dst)
-                raise
+            replaced = _place(tmp, dst, force)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if replaced is not None:
+            _remove(replaced)
