@@ -52,7 +52,23 @@ def test_register_architecture_refuses_malformed_entries(arch, target, message, 
         register_architecture(arch, target)
 
 
-def test_register_architecture_passes_on_to_child_processes_and_refuses_a_second_class(monkeypatch):
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """The user packages the tests below register (registration checks that module and class
+    exist, without importing them)."""
+    site = tmp_path / "site"
+    (site / "roll_test_pkg").mkdir(parents=True)
+    (site / "roll_test_pkg" / "__init__.py").write_text("")
+    (site / "roll_test_pkg" / "model.py").write_text("class RollTestForCausalLM:\n    pass\n")
+    (site / "other_pkg.py").write_text("class RollTestForCausalLM:\n    pass\n")
+    (site / "my_pkg.py").write_text("class Qwen3ForCausalLM:\n    pass\n")
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_register_architecture_passes_on_to_child_processes_and_refuses_a_second_class(
+    monkeypatch, user_models
+):
     from vllm import ModelRegistry
 
     from roll_infer.vllm import RegistrationError, register_architecture
@@ -69,7 +85,7 @@ def test_register_architecture_passes_on_to_child_processes_and_refuses_a_second
     ModelRegistry.models.pop("RollTestForCausalLM")
 
 
-def test_register_architecture_replaces_vllms_own_class_only_when_asked(monkeypatch):
+def test_register_architecture_replaces_vllms_own_class_only_when_asked(monkeypatch, user_models):
     from vllm import ModelRegistry
 
     from roll_infer.vllm import RegistrationError, register_architecture

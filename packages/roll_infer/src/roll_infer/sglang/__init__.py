@@ -37,11 +37,14 @@ def user_architectures() -> dict[str, str]:
 def register_architecture(architecture: str, model_class: str) -> None:
     """Have SGLang processes started after this call (with
     ``SGLANG_EXTERNAL_MODEL_PACKAGE=roll_infer.sglang``) serve ``architecture`` with
-    ``model_class`` ("module:Class"; the class's name must be the architecture)."""
-    from roll_infer.vllm.plugin import RegistrationError, add_env_entry
+    ``model_class`` ("module:Class"; the class's name must be the architecture). The entry is
+    checked here (``roll_infer.vllm.plugin.check_entry``): the module must be findable and
+    define the class."""
+    from roll_infer.vllm.plugin import RegistrationError, add_env_entry, check_entry_form
 
+    check_entry_form(architecture, model_class)
     name = model_class.partition(":")[2]
-    if name and ":" not in name and name != architecture:
+    if name != architecture:
         raise RegistrationError(
             f"SGLang registers a class under its own name: {name!r} would not serve {architecture!r}; "
             "name the class after the architecture"

@@ -62,13 +62,139 @@ def env_entries(variable: str) -> dict[str, str]:
     return entries
 
 
-def add_env_entry(variable: str, architecture: str, model_class: str) -> dict[str, str]:
-    """Check an entry and add it to ``variable``; returns the entries it held before."""
+def check_entry(architecture: object, model_class: object) -> None:
+    """Check a registration at the call rather than when an engine first builds the model: a
+    non-empty ``architecture``; a ``model_class`` of the form "module:Class" whose module can be
+    found and (where its source can be read) binds ``Class`` at module level. The module is
+    located without being imported (its parent packages are not imported either), so a model
+    module that imports vLLM's model code costs nothing here."""
+    check_entry_form(architecture, model_class)
+    assert isinstance(model_class, str)
+    module, _, name = model_class.partition(":")
+    _check_class_exists(model_class, module, name)
+
+
+def check_entry_form(architecture: object, model_class: object) -> None:
+    """The part of ``check_entry`` that looks at the two strings only."""
+    if not isinstance(architecture, str) or not architecture.strip():
+        raise RegistrationError(f"architecture must be a non-empty string, got {architecture!r}")
+    if architecture != architecture.strip() or any(c.isspace() for c in architecture):
+        raise RegistrationError(f"architecture must not contain whitespace, got {architecture!r}")
+    if not isinstance(model_class, str):
+        raise RegistrationError(f"model_class must be a 'module:Class' string, got {model_class!r}")
+    if any(c in text for c in "=;" for text in (architecture, model_class)):
+        raise RegistrationError(f"'=' and ';' cannot appear in {architecture!r} or {model_class!r}")
     module, _, name = model_class.partition(":")
     if not module or not name or ":" in name:
         raise RegistrationError(f"model_class must be 'module:Class', got {model_class!r}")
-    if any(c in text for c in "=;" for text in (architecture, model_class)):
-        raise RegistrationError(f"'=' and ';' cannot appear in {architecture!r} or {model_class!r}")
+    if not all(part.isidentifier() for part in module.split(".")) or not name.isidentifier():
+        raise RegistrationError(
+            f"model_class must be 'module:Class' with a dotted module path and a class name, got {model_class!r}"
+        )
+
+
+def _find_module_spec(module: str):
+    """The import spec of ``module`` without importing it or its parent packages (an imported
+    one is taken as it is); None if it cannot be found."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    parts = module.split(".")
+    spec = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            spec = getattr(loaded, "__spec__", None) or importlib.machinery.ModuleSpec(name, None)
+            locations = getattr(loaded, "__path__", None)
+        elif i == 0:
+            spec = importlib.util.find_spec(name)
+            locations = spec.submodule_search_locations if spec else None
+        else:
+            spec = importlib.machinery.PathFinder.find_spec(name, list(locations or ()))
+            locations = spec.submodule_search_locations if spec else None
+        if spec is None or (i < len(parts) - 1 and locations is None):
+            return None
+    return spec
+
+
+def _module_level_names(source: str) -> set[str] | None:
+    """The names a module's source binds at module level, None when it cannot be told statically
+    (a star import, a module ``__getattr__``, or source that does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+            continue  # what their bodies bind is not module level
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.partition(".")[0])
+        targets: list = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.For | ast.AsyncFor):
+            targets = [node.target]
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            targets = [item.optional_vars for item in node.items]
+        for target in filter(None, targets):
+            names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        # compound statements at module level (if, try, with, for, while): their bodies bind
+        # module-level names too
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            stack.extend(child for child in getattr(node, field, None) or [] if isinstance(child, ast.AST))
+        if isinstance(node, ast.ExceptHandler):
+            stack.extend(node.body)
+        if isinstance(node, ast.Match):
+            stack.extend(stmt for case in node.cases for stmt in case.body)
+    return names
+
+
+def _check_class_exists(model_class: str, module: str, name: str) -> None:
+    import sys
+
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        if not hasattr(loaded, name):
+            raise RegistrationError(f"model_class {model_class!r}: module {module} has no attribute {name!r}")
+        return
+    try:
+        spec = _find_module_spec(module)
+    except (ImportError, ValueError) as e:
+        raise RegistrationError(f"model_class {model_class!r}: module {module} cannot be found: {e}") from e
+    if spec is None:
+        raise RegistrationError(
+            f"model_class {model_class!r}: no module named {module!r} on this Python path (vLLM's "
+            "processes import it by name: it must be importable there too)"
+        )
+    origin = spec.origin if spec.has_location else None
+    if not origin or not origin.endswith(".py"):
+        return  # a namespace package, a compiled or otherwise loaded module: checked when imported
+    try:
+        with open(origin, encoding="utf-8") as f:
+            names = _module_level_names(f.read())
+    except (OSError, UnicodeDecodeError):
+        return
+    if names is not None and name not in names:
+        raise RegistrationError(f"model_class {model_class!r}: {origin} defines no {name!r} at module level")
+
+
+def add_env_entry(variable: str, architecture: str, model_class: str) -> dict[str, str]:
+    """Check an entry (``check_entry``) and add it to ``variable``; returns the entries it held
+    before."""
+    check_entry(architecture, model_class)
     entries = env_entries(variable)
     if entries.get(architecture, model_class) != model_class:
         raise RegistrationError(
@@ -87,9 +213,12 @@ def register_architecture(architecture: str, model_class: str, overwrite: bool =
     ``architectures`` string, in this process and in every vLLM process started after this call
     (the entry is passed on in ``ROLL_INFER_VLLM_MODELS``). Call it before creating the engine.
     Registering the same class again is a no-op; replacing another class, vLLM's own included,
-    needs ``overwrite=True``."""
+    needs ``overwrite=True``. An empty architecture, a malformed ``model_class``, a module that
+    cannot be found or that defines no such class raise ``RegistrationError`` here, not when an
+    engine first builds the model (``check_entry``)."""
     from vllm import ModelRegistry
 
+    check_entry(architecture, model_class)
     known = user_architectures()
     if architecture in ModelRegistry.models and architecture not in known and not overwrite:
         raise RegistrationError(

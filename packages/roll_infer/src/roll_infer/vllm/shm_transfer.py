@@ -15,6 +15,9 @@ so does a trainer-side error, which the trainer passes on as an ``abort``. The e
 back the weights of every layer the update had not completed (the model stays servable, some
 layers new and some old), refuses ``finish_weight_update``, and so its weight version is not
 advanced: a new full sync is what repairs it.
+
+The engine maps only a segment the trainer created for it, read-only, and never creates, grows,
+truncates or writes a file it was pointed at (``shm_segment`` says how it checks).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import math
 import os
 import tempfile
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -43,6 +45,8 @@ from vllm.distributed.weight_transfer.base import (
 
 from roll_infer.weight_sync.common import TransferStats, WeightSyncError
 
+from .shm_segment import Segment, open_segment
+
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.config.weight_transfer import WeightTransferConfig
@@ -53,10 +57,6 @@ _ALIGN = 64
 
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def _map(path: str, nbytes: int) -> torch.Tensor:
-    return torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
 
 
 def _view(segment: torch.Tensor, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
@@ -112,8 +112,8 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
         self.incomplete: str | None = None  # why the last update failed, until one succeeds
 
     def init_transfer_engine(self, init_info: SharedMemoryInitInfo) -> None:
+        self._segment = open_segment(init_info.path, init_info.nbytes)  # checks it is the trainer's
         self._path = init_info.path
-        self._segment = _map(init_info.path, init_info.nbytes)
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -142,13 +142,22 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
             raise WeightSyncError(f"the trainer aborted the weight update: {info.abort}")
         assert self._segment is not None and self._path is not None
         if info.nbytes != self._segment.numel():  # the trainer grew it for a large tensor
-            self._segment = _map(self._path, info.nbytes)
+            self._segment = open_segment(self._path, info.nbytes)
         dtype = self.model_config.dtype
         tensors = []
         for name, dtype_name, shape, offset in zip(
             info.names, info.dtype_names, info.shapes, info.offsets, strict=True
         ):
-            sent = getattr(torch, dtype_name)
+            sent = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
+            if not isinstance(sent, torch.dtype):
+                raise WeightSyncError(f"{name}: {dtype_name!r} is not a torch dtype")
+            if not all(isinstance(n, int) and n >= 0 for n in shape) or not isinstance(offset, int):
+                raise WeightSyncError(f"{name}: shape {shape} / offset {offset!r} are not non-negative ints")
+            end = offset + math.prod(shape) * sent.itemsize
+            if offset < 0 or offset % sent.itemsize or end > self._segment.numel():
+                raise WeightSyncError(
+                    f"{name}: bytes {offset}..{end} do not lie (aligned) in the {self._segment.numel()}-byte segment"
+                )
             if sent.is_floating_point and sent != dtype:
                 raise WeightSyncError(
                     f"{name}: sent as {sent}, but the engine's model is {dtype}; send the weights "
@@ -285,30 +294,6 @@ class SharedMemoryTrainerInitInfo(TrainerInitInfo):
     directory: str = field(default_factory=_default_directory)
 
 
-class _Segment:
-    """The trainer's side of the shared file: created, grown for a tensor larger than a bucket,
-    removed at shutdown (or when the engine object is collected)."""
-
-    def __init__(self, directory: str, nbytes: int) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="roll-refit-", dir=directory)
-        os.close(fd)
-        self._cleanup = weakref.finalize(self, _unlink, self.path)
-        self.resize(nbytes)
-
-    def resize(self, nbytes: int) -> None:
-        os.truncate(self.path, nbytes)
-        self.nbytes = nbytes
-        self.tensor = _map(self.path, nbytes)
-
-    def close(self) -> None:
-        self._cleanup()
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[SharedMemoryTrainerInitInfo]):
     init_info_cls = SharedMemoryTrainerInitInfo
 
@@ -324,7 +309,7 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
         if bucket_bytes <= 0:
             raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
         self.bucket_bytes = bucket_bytes
-        self.segment: _Segment | None = None
+        self.segment: Segment | None = None
         self.last_stats: TransferStats | None = None
 
     @classmethod
@@ -341,7 +326,7 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
             client=client, source=source, is_sender=init_info.is_sender, bucket_bytes=init_info.bucket_bytes
         )
         if engine.is_sender:
-            engine.segment = _Segment(init_info.directory, _align(init_info.bucket_bytes))
+            engine.segment = Segment(init_info.directory, _align(init_info.bucket_bytes))
             client.init_weight_transfer_engine(
                 asdict(SharedMemoryInitInfo(path=engine.segment.path, nbytes=engine.segment.nbytes))
             )
