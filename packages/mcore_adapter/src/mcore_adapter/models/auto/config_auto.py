@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..converter.config_check import check_counts_against_tensors
 from ..converter.hf_io import HF_CONFIG_NAME, read_json
 from ..converter.mca_io import McaCheckpointMeta, is_mca_dir
 from ..converter.template import get_template
@@ -46,6 +47,13 @@ class AutoConfig:
         (ours or ROLL's; ``hf_config=`` supplies the HF config of one that kept none)."""
         if is_mca_dir(path):
             meta = McaCheckpointMeta.load(path, overrides.pop("hf_config", None))
+            if meta.checkpoint_format == "torch":  # its layers must be there before a model is built
+                from ..converter.convert import count_rank_tensors
+                from ..converter.mca_io import TorchRankReader, iteration_dir
+
+                files = sorted(iteration_dir(path).glob("mp_rank_*/model_optim_rng.pt"))
+                tensors = count_rank_tensors(TorchRankReader(file) for file in files)
+                check_counts_against_tensors(meta.mca_config, tensors, os.path.join(path, "mca_config.json"))
             return config_class_for(meta.hf_model_type).from_mca_meta(meta, **overrides)
         hf_config = read_json(os.path.join(path, HF_CONFIG_NAME))
         config_class = config_class_for(hf_config.get("model_type"))
@@ -58,7 +66,9 @@ class AutoConfig:
             overrides["hf_weight_dtype"] = dtype_name(ckpt.dtype())
         overrides.setdefault("hf_expert_layout", ckpt.expert_layout)
         template = get_template(hf_config.get("model_type"))
-        num_layers = template.convert_hf_to_mca_config(hf_config)["num_layers"]
+        mca_kwargs = template.convert_hf_to_mca_config(hf_config)
+        check_counts_against_tensors(mca_kwargs, len(ckpt.weight_map), os.path.join(path, HF_CONFIG_NAME))
+        num_layers = mca_kwargs["num_layers"]
         mtp = template.mtp_layers(ckpt.weight_map, num_layers)
         if mtp:
             overrides.setdefault("mtp_num_layers", mtp)

@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .atomic import check_output_dir, staged_output_dir
 from .buffers import Scratch
+from .config_check import check_counts_against_tensors
 from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
 from .fused_experts import EXPERT_LAYOUTS, FUSED_TRANSPOSED, PER_EXPERT
 from .hf_io import (
@@ -141,6 +142,10 @@ def _digest(tensor: torch.Tensor) -> tuple:
     return tuple(tensor.shape), tensor.dtype, hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def count_rank_tensors(readers: Iterable[TorchRankReader]) -> int:
+    return sum(len(tensors) for reader in readers for tensors in reader.chunks.values())
+
+
 # ---------------------------------------------------------------------- sources
 class HFSource:
     """Canonical weights from an HF checkpoint, through its template's ops. With ``drop_mtp``
@@ -152,6 +157,9 @@ class HFSource:
         self.hf_expert_layout = self.ckpt.expert_layout
         self.template = get_template(self.ckpt.config.get("model_type"))
         self.mca_kwargs = self.template.convert_hf_to_mca_config(self.ckpt.config)
+        check_counts_against_tensors(
+            self.mca_kwargs, len(self.ckpt.weight_map), str(self.path / HF_CONFIG_NAME)
+        )
         num_layers = self.mca_kwargs["num_layers"]
         mtp = self.template.mtp_layers(self.ckpt.weight_map, num_layers)
         self.dropped_mtp_layers = mtp if drop_mtp else 0
@@ -256,6 +264,9 @@ class McaTorchSource:
                 f"{layout.describe()} ({sorted(expected)}); the config does not match the files"
             )
         self.readers = {rank: TorchRankReader(file) for rank, file in files.items()}
+        check_counts_against_tensors(
+            self.mca_kwargs, count_rank_tensors(self.readers.values()), str(path / MCA_CONFIG_NAME)
+        )
         self._scratch = Scratch()
         first_of: dict[tuple[int, int], TorchRankReader] = {}
         for rank, reader in self.readers.items():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .buffers import Scratch
+from .config_check import check_config_values
 from .fused_experts import EXPERT_LAYOUTS, PER_EXPERT
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
@@ -165,6 +166,9 @@ class McaCheckpointMeta:
                 f"{file} holds neither mcore_adapter's fields (mca_config, checkpoint_format) nor a "
                 "Megatron config with hf_model_type (ROLL's); it is not an MCA checkpoint config"
             )
+        if not isinstance(meta.mca_config, dict):
+            raise CheckpointError(f"{file}: mca_config is not a JSON object")
+        check_config_values(meta.mca_config, str(file))
         template = get_template(meta.hf_model_type)
         if hf_config is not None and "mca_config" in data:  # given: it must describe these weights
             _check_hf_config(file, template, meta.mca_config, hf_config)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .config_check import HF_CONFIG, check_config_values
 from .errors import ConversionError, UnsupportedModelError
 from .ops import (
     WILDCARD,
@@ -392,6 +393,8 @@ class Template:
                 output_head=head[0], output_head_bias=head[1], tie_embeddings_and_output_weights=False
             )
         kwargs["hf_model_type"] = self.hf_model_type
+        hf_names = {mca: hf for hf, mca in self.config_hf_to_mca.items()}
+        check_config_values({**kwargs, HF_CONFIG: dict(hf)}, "config.json", hf_names)
         return kwargs
 
     def rope_kwargs(self, hf: Mapping[str, Any]) -> dict[str, Any]:
