@@ -79,6 +79,12 @@ def _mca(case: Case) -> None:
     convert_hf_to_mca(case.tiny, case.src, layout=ParallelLayout(tp=2, pp=2), progress=False)
 
 
+def _to_mca(case: Case, model_type: str) -> None:
+    """The source becomes the MCA conversion of the tiny ``model_type`` (a valid layout)."""
+    shutil.rmtree(case.src)
+    convert_hf_to_mca(case.checkpoint(model_type), case.src, progress=False)
+
+
 def _empty(case: Case) -> None:
     case.src.mkdir()
 
@@ -692,6 +698,50 @@ ROWS = [
         ["convert", SRC, DST, "--tp", "1"],
         "layernorm_epsilon must be a finite number > 0, found inf",
     ),
+    _row(
+        "deepstack-off-the-first-stage",
+        [_hf_of("qwen3_vl")],
+        ["convert", SRC, DST, "--pp", "4"],
+        "decoder layers 0..1, which must be on the first pipeline stage",
+        "num_layers_in_first_pipeline_stage >= 2",
+    ),
+    _row(
+        "reshard-deepstack-off-the-first-stage",
+        [_hf_of("qwen3_vl"), lambda case: _to_mca(case, "qwen3_vl")],
+        ["convert", SRC, DST, "--pp", "4"],
+        "must be on the first pipeline stage",
+    ),
+    _row(
+        "verify-deepstack-off-the-first-stage",
+        [_hf_of("qwen3_vl")],
+        ["verify", SRC, "--pp", "4"],
+        "must be on the first pipeline stage",
+    ),
+    _row(
+        "grouped-gemm-on-a-dense-model",
+        [_hf],
+        ["convert", SRC, DST, "--moe-grouped-gemm"],
+        "this llama has none, so it would do nothing",
+    ),
+    _row(
+        "no-grouped-gemm-on-a-dense-model",
+        [_hf],
+        ["convert", SRC, DST, "--no-moe-grouped-gemm"],
+        "this llama has none",
+    ),
+    _row(
+        "grouped-gemm-with-torch-dist",
+        [_hf_of("qwen3_moe")],
+        ["convert", SRC, DST, "--format", "torch_dist", "--moe-grouped-gemm"],
+        "--moe-grouped-gemm names the experts in 'torch' rank files",
+    ),
+    _row(
+        "drop-mtp-without-mtp",
+        [_hf_of("deepseek_v3")],
+        ["convert", SRC, DST, "--drop-mtp"],
+        "has none .its tensors stop at layer 1., so it would do nothing",
+    ),
+    _row("demo-unknown-model-type", [], ["demo", "--model-type", "bogus"], "no built-in tiny model", "llama"),
     _row("verify-mca-dir", [_mca], ["verify", SRC], "verify compares against transformers"),
     _row("verify-missing-dir", [], ["verify", SRC], "does not exist"),
     _row(

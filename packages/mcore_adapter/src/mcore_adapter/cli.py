@@ -84,6 +84,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
             "of a 'torch' checkpoint; 'torch_dist' is "
             "layout-free (Megatron reshards it on load): drop them, or write --format torch"
         )
+    if args.format == "torch_dist" and args.moe_grouped_gemm is not None:
+        raise UserError(
+            "--moe-grouped-gemm names the experts in 'torch' rank files; 'torch_dist' stores them as the "
+            "built model names them: drop it, or write --format torch"
+        )
     if kind == "hf" and args.hf_config:
         raise UserError(
             f"--hf-config supplies the HF config of an MCA checkpoint that lacks one; {src} is an HF "
@@ -148,7 +153,15 @@ def _convert_through_model(
     if out_format == "torch_dist":
         model.save_pretrained(dst, force=args.force)
     else:
-        save_mca_torch(ModelSource([model]), dst, layout, dtype, args.force, side_files_from=src)
+        save_mca_torch(
+            ModelSource([model]),
+            dst,
+            layout,
+            dtype,
+            args.force,
+            side_files_from=src,
+            moe_grouped_gemm=args.moe_grouped_gemm,
+        )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -198,7 +211,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
     from .testing import make_tiny_hf_checkpoint
     from .testing.compare import compare_hf_dirs
+    from .testing.tiny_models import TINY_MODELS, TINY_VL_MODELS
 
+    if args.model_type not in {**TINY_MODELS, **TINY_VL_MODELS}:
+        raise UserError(
+            f"--model-type {str(args.model_type)[:40]!r} has no built-in tiny model; choose one of "
+            f"{', '.join(sorted({**TINY_MODELS, **TINY_VL_MODELS}))}"
+        )
     platform.quiet_cpu_noise()
     with tempfile.TemporaryDirectory(prefix="mcore-adapter-demo-") as work:
         work = Path(args.workdir or work)

@@ -35,6 +35,7 @@ from .atomic import check_output_dir, staged_output_dir
 from .buffers import Scratch
 from .config_check import check_counts_against_tensors
 from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
+from .errors import UserError
 from .fused_experts import EXPERT_LAYOUTS, FUSED_TRANSPOSED, PER_EXPERT
 from .hf_io import (
     HF_CONFIG_NAME,
@@ -162,6 +163,11 @@ class HFSource:
         )
         num_layers = self.mca_kwargs["num_layers"]
         mtp = self.template.mtp_layers(self.ckpt.weight_map, num_layers)
+        if drop_mtp and not mtp:
+            raise UserError(
+                f"--drop-mtp / drop_mtp leaves out multi-token-prediction layers; {self.path} has none "
+                f"(its tensors stop at layer {num_layers - 1}), so it would do nothing: drop it"
+            )
         self.dropped_mtp_layers = mtp if drop_mtp else 0
         if drop_mtp:
             self.ckpt.weight_map = {
@@ -452,7 +458,12 @@ def write_mca_torch(
     mca_config kwargs of the result. Experts are named for grouped GEMM (``moe_grouped_gemm``)
     or for Megatron's SequentialMLP; ``None`` keeps the source's choice."""
     kwargs = {**source.mca_kwargs, **layout.to_kwargs(), "padded_vocab_size": None}  # padding follows tp
-    if moe_grouped_gemm is not None and kwargs.get("num_moe_experts"):
+    if moe_grouped_gemm is not None:
+        if not kwargs.get("num_moe_experts"):
+            raise UserError(
+                f"--moe-grouped-gemm / moe_grouped_gemm names the experts of a mixture-of-experts model; "
+                f"this {source.template.hf_model_type} has none, so it would do nothing: drop it"
+            )
         kwargs["moe_grouped_gemm"] = moe_grouped_gemm
     dist = DistConverter(kwargs, layout)
     layout = dist.layout

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .template import ConversionError
+from .template import ConversionError, get_template
 
 DEFAULT_VOCAB_DIVISOR = 128  # Megatron-LM's --make-vocab-size-divisible-by default
 
@@ -157,6 +157,9 @@ class ParallelLayout:
         bound = ParallelLayout(*self._values(), num_layers=int(model["num_layers"]))
         bound._check_layers()
         bound.ranks()  # the rank files must have distinct names
+        if model.get("hf_model_type"):
+            for rule in get_template(model["hf_model_type"]).layout_rules:
+                rule(model, bound)
         return bound
 
     def _check_experts(self, model: Mapping[str, Any]) -> None:

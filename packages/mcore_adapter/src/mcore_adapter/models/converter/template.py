@@ -283,6 +283,10 @@ class Template:
     # the embedding and output layer): layer-relative HF name -> the global HF name it repeats.
     # Read: checked equal and not stored twice; written: repeated.
     mtp_shared_copies: dict[str, str] = field(default_factory=dict)
+    # What a parallel layout must satisfy beyond Megatron's own rules, for this family:
+    # rule(mca_kwargs, bound_layout) raises LayoutError. ParallelLayout.validate applies them, so
+    # convert, reshard, verify and model building refuse the same layouts.
+    layout_rules: tuple[Callable[[Mapping[str, Any], Any], None], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.hf_layer_prefix.endswith("."):
@@ -878,6 +882,7 @@ def register_template(
     hf_fused_experts: dict[str, Sequence[str]] | None = None,
     hf_fused_experts_transposed: dict[str, str] | None = None,
     mtp_shared_copies: dict[str, str] | None = None,
+    layout_rules: Iterable[Callable[[Mapping[str, Any], Any], None]] = (),
     template_class: type[Template] = Template,
     overwrite: bool = False,
 ) -> Template:
@@ -908,6 +913,7 @@ def register_template(
         hf_fused_experts={k: tuple(v) for k, v in (hf_fused_experts or {}).items()},
         hf_fused_experts_transposed=dict(hf_fused_experts_transposed or {}),
         mtp_shared_copies=dict(mtp_shared_copies or {}),
+        layout_rules=tuple(layout_rules),
     )
     _TEMPLATES[hf_model_type] = template
     return template

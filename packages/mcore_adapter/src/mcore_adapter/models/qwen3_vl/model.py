@@ -28,7 +28,7 @@ class Qwen3VLModel(VisionLanguageModel):
     video_frames_apart = True
 
     def __init__(self, config: Qwen3VLConfig, pre_process=None, post_process=None, vp_stage=None):
-        _check_deepstack_placement(config)
+        dist_converter(config)  # validates the layout: deepstack on the first stage (template's layout_rules)
         super().__init__(config, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
         # Megatron's MultimodalRotaryEmbedding gives each axis a contiguous section of the
         # frequencies; Qwen3-VL interleaves them (same frequencies, other axis per frequency).
@@ -47,15 +47,3 @@ class Qwen3VLModel(VisionLanguageModel):
     def decoder_block_inputs(self, vision: list[tuple[torch.Tensor, Any]]) -> dict[str, Any]:
         deepstack = Deepstack.from_vision(vision)
         return {} if deepstack is None else {"deepstack": deepstack}
-
-
-def _check_deepstack_placement(config: Qwen3VLConfig) -> None:
-    """The deepstack layers must be in the first chunk, with the vision tower (see deepstack)."""
-    first = dist_converter(config).layout.chunks[0]
-    if config.num_deepstack_layers > len(first.layers):
-        raise ValueError(
-            f"Qwen3-VL adds vision features after decoder layers 0..{config.num_deepstack_layers - 1}, "
-            f"which must be on the first pipeline stage with the vision tower; this layout gives its "
-            f"first chunk {len(first.layers)} layer(s). Give num_layers_in_first_pipeline_stage >= "
-            f"{config.num_deepstack_layers} (or fewer pipeline stages)"
-        )

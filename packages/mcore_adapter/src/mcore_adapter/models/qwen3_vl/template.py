@@ -5,9 +5,11 @@ included) kept whole under ``vision_model.``. The hub names the decoder
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..common import DENSE_CONSTANT_MCA_CONFIG, ROTARY_INV_FREQ_KEYS, VISION_CONFIG_HF_TO_MCA, attention_ops
+from ..converter.layout import LayoutError, ParallelLayout
 from ..converter.ops import ConverOp, RenameConverOp, StackConverOp
 from ..converter.template import register_template
 
@@ -52,8 +54,23 @@ def qwen3_vl_template(
             "text_config.rope_parameters.rope_type": "default",
         },
         "hf_architecture": architecture,
+        "layout_rules": (deepstack_on_first_stage,),
         **extra,
     }
+
+
+def deepstack_on_first_stage(model: Mapping[str, Any], layout: ParallelLayout) -> None:
+    """Deepstack adds vision features after the first decoder layers; they must be on the first
+    pipeline stage's first chunk, with the vision tower (see deepstack.py)."""
+    deepstack = len((model.get("vision_config") or {}).get("deepstack_visual_indexes") or ())
+    first = layout.chunks[0]
+    if deepstack > len(first.layers):
+        raise LayoutError(
+            f"Qwen3-VL adds vision features after decoder layers 0..{deepstack - 1}, which must be on the "
+            f"first pipeline stage with the vision tower; this layout gives its first chunk "
+            f"{len(first.layers)} layer(s). Give num_layers_in_first_pipeline_stage >= {deepstack} (or "
+            "fewer pipeline stages)"
+        )
 
 
 register_template(
