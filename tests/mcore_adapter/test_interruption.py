@@ -4,7 +4,9 @@ writer's, and it says so); outputs get the mode a plain mkdir would."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -207,3 +209,39 @@ def test_an_output_aside_is_kept_when_the_destination_exists_again(tiny_checkpoi
     dst.mkdir()
     assert atomic.remove_stale_staging(dst) == []
     assert _snapshot(aside) == before  # neither restored over the new one nor removed
+
+
+# ---------------------------------------------------------------------- a full disk
+class _Statvfs:
+    f_bavail, f_frsize = 3, 4096  # 12 KiB free
+
+
+@pytest.mark.parametrize("direction", ["hf-to-mca", "mca-to-hf", "hf-to-torch_dist"])
+def test_a_full_disk_is_said_before_writing(direction, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    src = tiny_checkpoint("llama")
+    if direction == "mca-to-hf":
+        convert_hf_to_mca(src, tmp_path / "src", progress=False)
+        src = tmp_path / "src"
+    if direction == "hf-to-torch_dist":
+        pytest.importorskip("megatron.core")
+    monkeypatch.setattr(atomic.os, "statvfs", lambda path: _Statvfs())
+    argv = ["convert", str(src), str(tmp_path / "out")]
+    assert main(argv + (["--format", "torch_dist"] if direction == "hf-to-torch_dist" else [])) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert re.search(r"no space left on device for .* \(needed [0-9.]+ KiB, free 12\.0 KiB\)", line), line
+    assert not (tmp_path / "out").exists() and _staging(tmp_path) == []
+
+
+def test_a_disk_that_fills_while_torch_dist_writes(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """Megatron's writer fails on a rank (ENOSPC): the system's one line, and nothing left behind."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(filesystem_async, "_write_item", full)  # what megatron's writer calls
+    assert (
+        main(["convert", str(tiny_checkpoint("llama")), str(tmp_path / "out"), "--format", "torch_dist"]) == 2
+    )
+    assert "No space left on device" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() and _staging(tmp_path) == []

@@ -29,6 +29,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta
 
+from .converter.atomic import check_free_space
 from .converter.errors import CheckpointError, UserError
 from .converter.hf_io import read_json
 from .converter.untrusted import load_weights_only, open_regular, read_dcp_metadata
@@ -117,12 +118,53 @@ class _SafeCommonLoad(TorchCommonLoadStrategy):
             return load_weights_only(f, str(path), map_location="cpu")
 
 
-def _first_user_error(e: CheckpointException) -> UserError | None:
+def _first_failure(e: CheckpointException, kinds: tuple[type, ...]) -> BaseException | None:
+    """What a rank raised inside torch's checkpoint (it wraps them all in its own exception,
+    whose message is every rank's traceback)."""
     for failure in e.failures.values():
         error = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(error, UserError):
-            return error
+        while error is not None:  # Megatron's writer re-raises a worker's error as its cause
+            if isinstance(error, kinds):
+                return error
+            error = error.__cause__ or error.__context__
     return None
+
+
+def save_dist_checkpoint(sharded_state_dict: dict, checkpoint_dir: Path) -> None:
+    """``dist_checkpointing.save`` after checking the space this rank's tensors need (every
+    rank sums the job's), with a failed write (a full disk) raised as the rank's own error."""
+    import torch.distributed as dist
+
+    needed = torch.tensor(
+        [sum(t.numel() * t.element_size() for t in _tensors(sharded_state_dict))], dtype=torch.int64
+    )
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(needed)
+    check_free_space(checkpoint_dir, int(needed))
+    try:
+        dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir))
+    except CheckpointException as e:
+        error = _first_failure(e, (OSError, UserError))
+        if error is not None:
+            raise error from None
+        # The ranks' errors crossed a process boundary and lost their type: say the first one.
+        first = next(iter(e.failures.values()))
+        first = first[0] if isinstance(first, tuple) else first
+        raise OSError(f"writing {checkpoint_dir} failed: {str(first).strip().splitlines()[0]}") from None
+
+
+def _tensors(state: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a (nested) sharded state dict: each sharded tensor's local data."""
+    if isinstance(state, dict):
+        for value in state.values():
+            yield from _tensors(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from _tensors(value)
+    else:
+        data = getattr(state, "data", state)
+        if isinstance(data, torch.Tensor):
+            yield data
 
 
 def load_dist_checkpoint(sharded_state_dict: dict, checkpoint_dir: Path) -> dict:
@@ -141,7 +183,7 @@ def load_dist_checkpoint(sharded_state_dict: dict, checkpoint_dir: Path) -> dict
             common_strategy=_SafeCommonLoad(),
         )
     except CheckpointException as e:  # torch wraps what a rank raised in its own exception
-        error = _first_user_error(e)
+        error = _first_failure(e, (UserError,))
         if error is None:
             raise
         raise error from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 
 from .. import platform
 from ..parallel import is_rank_zero
@@ -34,7 +34,7 @@ from .converter.mca_io import (
 )
 from .converter.shapes import expert_pattern
 from .converter.template import ConversionError, Template, get_template
-from .dist_checkpoint import load_dist_checkpoint
+from .dist_checkpoint import load_dist_checkpoint, save_dist_checkpoint
 
 DEFAULT_BUCKET_BYTES = 256 * 1024**2
 
@@ -232,7 +232,7 @@ def save_pretrained(models: list, path: str | os.PathLike, force: bool = False) 
         if is_rank_zero():
             ckpt_dir.mkdir(parents=True)
         _barrier()
-        dist_checkpointing.save(_sharded_state_dict(models), str(ckpt_dir))
+        save_dist_checkpoint(_sharded_state_dict(models), ckpt_dir)
         if is_rank_zero():
             models[0].config.to_meta("torch_dist").save(tmp)
 

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, OutputSpaceError
 
 logger = logging.getLogger("mcore_adapter")
 
@@ -185,6 +185,26 @@ def _remove(path: Path) -> None:
         path.unlink()
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_free_space(directory: str | os.PathLike, needed: int) -> None:
+    """Refuse to start writing ``needed`` bytes into ``directory`` where its file system has
+    fewer free (for an unprivileged user), rather than fail half-way."""
+    status = os.statvfs(directory)
+    free = status.f_bavail * status.f_frsize
+    if needed > free:
+        raise OutputSpaceError(
+            f"no space left on device for {directory} (needed {_size(needed)}, free {_size(free)}); free "
+            "some space or choose a destination on another file system"
+        )
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes} bytes" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError
 
 
 # ---------------------------------------------------------------------- temporary directories

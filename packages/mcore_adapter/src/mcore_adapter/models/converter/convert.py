@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from .atomic import check_output_dir, staged_output_dir
+from .atomic import check_free_space, check_output_dir, staged_output_dir
 from .buffers import Scratch
 from .config_check import check_counts_against_tensors
 from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
@@ -141,6 +142,10 @@ def _raise(problems: Problems, path: Path, hint: str) -> None:
 def _digest(tensor: torch.Tensor) -> tuple:
     data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
     return tuple(tensor.shape), tensor.dtype, hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _nbytes(spec: tuple[Sequence[int], torch.dtype]) -> int:
+    return math.prod(spec[0]) * spec[1].itemsize
 
 
 def count_rank_tensors(readers: Iterable[TorchRankReader]) -> int:
@@ -480,6 +485,9 @@ def write_mca_torch(
         total += tensor.numel() * tensor.element_size()
     if progress:
         logger.info(f"{desc}: checked every tensor against the config; {len(specs)} rank file(s) planned")
+    check_free_space(
+        tmp, sum(_nbytes(t) for spec in specs.values() for ts in spec.values() for t in ts.values())
+    )
 
     scratch = Scratch()
     writers = {
@@ -532,6 +540,7 @@ def write_hf(
     if expert_layout != PER_EXPERT:
         transposed = expert_layout == FUSED_TRANSPOSED
         plan, extra["parts"] = template.fused_experts().fused_plan(plan, transposed=transposed)
+    check_free_space(tmp, sum(_nbytes(spec) for spec in plan.values()))
     writer = SafetensorsWriter(tmp, plan, **extra)
     if progress:
         files = len(set(writer.weight_map.values()))

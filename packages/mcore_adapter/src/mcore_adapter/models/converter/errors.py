@@ -29,3 +29,7 @@ class UnsupportedModelError(UserError, KeyError):
 
 class OutputExistsError(UserError, FileExistsError):
     """The destination exists (without ``force``) or overlaps the source."""
+
+
+class OutputSpaceError(UserError, OSError):
+    """The destination's file system has less free space than the output needs."""
