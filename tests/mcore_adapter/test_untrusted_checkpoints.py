@@ -7,6 +7,7 @@ family (test_models) and layout (test_parallel); the MTP layers are added here."
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -190,3 +191,64 @@ def test_the_allowlist_reads_mtp_layers(megatron, tiny_checkpoint, tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items(), strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
+
+
+# ---------------------------------------------------------------------- no file contents in errors
+SECRET = "s3cr3t-Contents"
+
+
+def _secret_shard_outside(src: Path, tmp: Path) -> str:
+    """The index names a file outside the checkpoint whose first 8 bytes an error once printed
+    as a number."""
+    (tmp / "secret.txt").write_text(SECRET * 4)
+    names = json.loads((src / "config.json").read_text()) and ["model.embed_tokens.weight"]
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": dict.fromkeys(names, "../secret.txt")})
+    )
+    return str(int.from_bytes(SECRET.encode()[:8], "little"))
+
+
+def _secret_shard_inside(src: Path, tmp: Path) -> str:
+    (src / "model.safetensors").write_bytes(SECRET.encode() * 4)
+    return str(int.from_bytes(SECRET.encode()[:8], "little"))
+
+
+def _secret_dtype(src: Path, tmp: Path) -> str:
+    raw = (src / "model.safetensors").read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    header["model.norm.weight"]["dtype"] = SECRET
+    encoded = json.dumps(header).encode()
+    (src / "model.safetensors").write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + length :])
+    return SECRET
+
+
+def _secret_tracker(src: Path, tmp: Path) -> str:
+    shutil.rmtree(src)
+    from mcore_adapter.models.converter.convert import convert_hf_to_mca
+
+    convert_hf_to_mca(tmp / "hf", src, progress=False)
+    (src / "latest_checkpointed_iteration.txt").write_text(SECRET)
+    return SECRET
+
+
+def _secret_header_json(src: Path, tmp: Path) -> str:
+    body = b'{"' + SECRET.encode() + b"\xff"
+    (src / "model.safetensors").write_bytes(len(body).to_bytes(8, "little") + body)
+    return SECRET
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [_secret_shard_outside, _secret_shard_inside, _secret_dtype, _secret_tracker, _secret_header_json],
+    ids=["shard-outside", "shard-not-safetensors", "header-dtype", "tracker", "header-not-json"],
+)
+def test_errors_never_print_a_files_contents(plant, tiny_checkpoint, tmp_path, capsys):
+    shutil.copytree(tiny_checkpoint("llama"), tmp_path / "hf")
+    src = tmp_path / "src"
+    shutil.copytree(tmp_path / "hf", src)
+    secret = plant(src, tmp_path)
+    capsys.readouterr()
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and secret not in err and SECRET[:8] not in err, err

@@ -290,6 +290,7 @@ class McaGPTModel(GPTModel):
         config = AutoConfig.from_pretrained(path, **{**model_io.live_layout_kwargs(), **config_overrides})
         models = model_io.build_chunks(cls, config)
         model_io.load_pretrained(models, path)
+        config.name_or_path = os.fspath(path)  # as transformers records it: sinks refuse to write over it
         return models[0] if len(models) == 1 else models
 
     def save_pretrained(self, path: str | os.PathLike, force: bool = False) -> None:

@@ -536,7 +536,7 @@ def write_hf(
         for hf_name, hf_tensor in mapper.push(name, tensor):
             plan[hf_name] = (hf_tensor.shape, dtype)
     mapper.finish()
-    extra: dict[str, Any] = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
+    extra: dict[str, Any] = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes is not None else {}
     if expert_layout != PER_EXPERT:
         transposed = expert_layout == FUSED_TRANSPOSED
         plan, extra["parts"] = template.fused_experts().fused_plan(plan, transposed=transposed)

@@ -363,6 +363,8 @@ class SafetensorsWriter:
         """``parts`` names tensors that are written into a planned (fused) tensor, in place; a
         transposed part is strided there, so its expert's block is filled in memory and written
         whole once all its parts arrived (only blocks in progress are held)."""
+        if not (type(max_shard_bytes) is int and max_shard_bytes > 0):
+            raise ValueError(f"max_shard_bytes must be a positive int, got {max_shard_bytes!r}")
         self.path = Path(path)
         self.parts = dict(parts or {})
         shards: list[dict[str, tuple[Sequence[int], torch.dtype]]] = [{}]

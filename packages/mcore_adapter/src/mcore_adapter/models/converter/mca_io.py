@@ -29,7 +29,7 @@ from .fused_experts import EXPERT_LAYOUTS, PER_EXPERT
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
 from .template import ARCH_FIELDS, ConversionError, as_json, get_template
-from .untrusted import load_weights_only
+from .untrusted import load_weights_only, open_regular
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
@@ -60,15 +60,18 @@ def iteration_dir(path: str | os.PathLike, iteration: int | str | None = None) -
     file names (``iter_0000500`` after 500 training steps, ``release``)."""
     if iteration is None:
         tracker = Path(path) / TRACKER_NAME
-        iteration = tracker.read_text().strip() if tracker.is_file() else ITERATION
+        iteration = ITERATION
+        if tracker.exists():
+            with open_regular(tracker) as f:
+                iteration = f.read(32).decode(errors="replace").strip()
     if iteration == "release":
         return Path(path) / "release"
-    try:
-        return Path(path) / f"iter_{int(iteration):07d}"
-    except ValueError:
+    if not re.fullmatch(r"\d{1,9}", str(iteration)):  # no sign, no spaces: a plain step number
         raise CheckpointError(
-            f"{Path(path) / TRACKER_NAME} holds {iteration!r}, not an iteration number or 'release'"
-        ) from None
+            f"{Path(path) / TRACKER_NAME} does not hold an iteration number or 'release' (Megatron writes "
+            "the step number alone); fix or remove it"
+        )
+    return Path(path) / f"iter_{int(iteration):07d}"
 
 
 def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int, ep_rank: int = 0, ep_size: int = 1) -> str:

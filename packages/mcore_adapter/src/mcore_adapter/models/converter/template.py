@@ -922,14 +922,19 @@ def register_template(
 def get_template(hf_model_type: str) -> Template:
     """The template registered for ``hf_model_type``; an unknown type lists the supported ones."""
     _load_builtin_templates()
-    try:
-        return _TEMPLATES[hf_model_type]
-    except KeyError:
+    template = _TEMPLATES.get(hf_model_type) if isinstance(hf_model_type, str) else None
+    if template is None:
+        shown = (
+            repr(hf_model_type)[:60]
+            if isinstance(hf_model_type, str) or hf_model_type is None
+            else "a " + type(hf_model_type).__name__
+        )
         raise UnsupportedModelError(
-            f"no conversion template for model_type {hf_model_type!r}; supported: "
+            f"no conversion template for model_type {shown}; supported: "
             f"{', '.join(sorted(_TEMPLATES))}. Register one with "
             "mcore_adapter.models.converter.template.register_template(...)"
-        ) from None
+        )
+    return template
 
 
 def registered_model_types() -> list[str]:
