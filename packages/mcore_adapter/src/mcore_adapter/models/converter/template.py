@@ -139,6 +139,11 @@ OUTPUT_HEADS = {"ForTokenClassification": ("value", True), "ForSequenceClassific
 
 # Megatron fields whose None is a setting (no window, no low-rank q projection), kept when an
 # HF config states null; other None values mean "Megatron's default" and are left out.
+# What every model config states (a config without one cannot be planned).
+REQUIRED_MCA_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size")
+# ... and what a template that reads them needs (an MoE family its experts).
+MAPPED_REQUIRED_MCA_FIELDS = ("ffn_hidden_size", "num_moe_experts", "moe_ffn_hidden_size", "moe_router_topk")
+
 NULLABLE_MCA_FIELDS = frozenset({"sliding_window", "q_lora_rank"})
 
 # HF config fields no Megatron config holds; a rebuilt HF config takes them from
@@ -363,7 +368,58 @@ class Template:
         return HFAutoConfig.for_model(model_type, **kwargs).to_dict()
 
     def convert_hf_to_mca_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
-        """Megatron config kwargs (fields of ``McaModelConfig``) for an HF config dict."""
+        """Megatron config kwargs (fields of ``McaModelConfig``) for an HF config dict, every
+        field checked (``config_check``): a config is input, and a malformed one is a
+        ``ConversionError``, never a traceback from deep inside the conversion."""
+        self._check_structure(hf_config)
+        try:
+            kwargs = self._convert_hf_to_mca_config(hf_config)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+            if isinstance(e, ConversionError):
+                raise
+            # a field of an unexpected type or value that no check names (transformers' own config
+            # classes normalize it too): say so instead of a traceback
+            raise ConversionError(
+                f"config.json cannot be read as a {self.hf_model_type} config ({type(e).__name__}: "
+                f"{str(e)[:120]}); compare it with the config transformers saves for this model"
+            ) from None
+        mapped = set(self.config_hf_to_mca.values())
+        required = [*REQUIRED_MCA_FIELDS, *(f for f in MAPPED_REQUIRED_MCA_FIELDS if f in mapped)]
+        missing = [f for f in required if kwargs.get(f) is None]
+        if missing:
+            names = {mca: hf for hf, mca in self.config_hf_to_mca.items()}
+            raise ConversionError(
+                f"config.json lacks {', '.join(names.get(f, f) for f in missing)}, which every "
+                f"{self.hf_model_type} config states"
+            )
+        return kwargs
+
+    def _check_structure(self, hf_config: Mapping[str, Any]) -> None:
+        """The containers the template walks are containers: ``architectures`` a list of names,
+        each parent of a field it reads (``text_config``, ``rope_parameters``...) an object."""
+        architectures = hf_config.get("architectures")
+        if architectures is not None and not (
+            isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+        ):
+            raise ConversionError("config.json: architectures must be a list of class names")
+        paths = [*self.config_hf_to_mca, *self.hf_config_expect, *self.hf_config_defaults]
+        paths += [p for derived in self.config_derived.values() for p in derived.hf_paths]
+        direct = {mca: _get_path(hf_config, hf) for hf, mca in self.config_hf_to_mca.items()}
+        names = {mca: hf for hf, mca in self.config_hf_to_mca.items()}
+        # the sizes first: derived fields (layer patterns) are built from them
+        check_config_values({k: v for k, v in direct.items() if v is not _MISSING}, "config.json", names)
+        for path in paths:
+            parts = path.split(".")
+            node: Any = hf_config
+            for depth, part in enumerate(parts[:-1]):
+                node = node.get(part) if isinstance(node, Mapping) else None
+                if node is not None and not isinstance(node, Mapping):
+                    parent = ".".join(parts[: depth + 1])
+                    raise ConversionError(
+                        f"config.json: {parent} must be an object (it holds {path}), found {type(node).__name__}"
+                    )
+
+    def _convert_hf_to_mca_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
         hf = self.normalized_hf_config(hf_config)
         for path, expected in self.hf_config_expect.items():
             found = _get_path(hf, path)
