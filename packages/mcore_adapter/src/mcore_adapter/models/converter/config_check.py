@@ -70,6 +70,24 @@ POSITIVE_NUMBERS = frozenset(
     }
 )
 NON_NEGATIVE_NUMBERS = frozenset({"mscale", "mscale_all_dim"})
+BOOLEANS = frozenset(
+    {
+        "tie_embeddings_and_output_weights",
+        "add_bias_linear",
+        "add_qkv_bias",
+        "qk_layernorm",
+        "swiglu",
+        "moe_router_pre_softmax",
+        "moe_shared_expert_gate",
+        "moe_router_enable_expert_bias",
+        "multi_latent_attention",
+        "rope_scaling",
+        "attention_output_gate",
+        "layernorm_zero_centered_gamma",
+        "moe_grouped_gemm",
+        "sequence_parallel",
+    }
+)
 PROBABILITIES = frozenset({"attention_dropout", "hidden_dropout", "rotary_percent"})
 # No model has more (the largest hub models: ~100 layers, 512 experts): a claim beyond these
 # is refused before anything sized by it is built.
@@ -126,12 +144,25 @@ def check_config_values(
             problems.append(_problem(field, value, "a finite number > 0", names))
         elif field in NON_NEGATIVE_NUMBERS and not (_is_number(value) and value >= 0):
             problems.append(_problem(field, value, "a finite number >= 0", names))
+        elif field in BOOLEANS and not isinstance(value, bool):
+            problems.append(_problem(field, value, "true or false", names))
         elif field in PROBABILITIES and not (_is_number(value) and 0 <= value <= 1):
             problems.append(_problem(field, value, "a number in [0, 1]", names))
         elif (path := _non_finite(value)) is not None:  # e.g. inside the HF config or vision_config
             where_in = path if field == HF_CONFIG else f"{names.get(field, field)}: {path}"
             problems.append(f"{where_in} is not a finite number")
-    layers, experts = kwargs.get("num_layers"), kwargs.get("num_moe_experts")
+    heads, groups = kwargs.get("num_attention_heads"), kwargs.get("num_query_groups")
+    if _is_int(heads) and _is_int(groups) and heads > 0 and groups > 0 and heads % groups:
+        problems.append(
+            f"{names.get('num_attention_heads', 'num_attention_heads')}={heads} must be a multiple of "
+            f"{names.get('num_query_groups', 'num_query_groups')}={groups} (each key/value head serves a group)"
+        )
+    topk, experts = kwargs.get("moe_router_topk"), kwargs.get("num_moe_experts")
+    if _is_int(topk) and _is_int(experts) and topk > experts:
+        problems.append(
+            f"{names.get('moe_router_topk', 'moe_router_topk')}={topk} exceeds the {experts} experts"
+        )
+    layers = kwargs.get("num_layers")
     if _is_int(layers) and layers > MAX_LAYERS:
         problems.append(_problem("num_layers", layers, f"at most {MAX_LAYERS} (no model has more)", names))
     if _is_int(experts) and experts > MAX_EXPERTS:

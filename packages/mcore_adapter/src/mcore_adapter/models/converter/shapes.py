@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConversionError
 from .ops import DropConverOp, name_pattern
 from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, Template, layer_kinds
 
@@ -154,11 +155,16 @@ _EXPERT_RE = re.compile(r"^" + re.escape(MCA_EXPERT_PREFIX).replace(r"\{\}", r"(
 
 
 def _dim(spec: str | int, config: Mapping[str, Any]) -> int:
+    """One dimension the config implies; a field it needs but lacks is the config's fault."""
     if isinstance(spec, int):
         return spec
-    if spec in DERIVED_DIMS:
-        return DERIVED_DIMS[spec](config)
-    return int(config[spec])
+    try:
+        return DERIVED_DIMS[spec](config) if spec in DERIVED_DIMS else int(config[spec])
+    except KeyError as e:
+        raise ConversionError(
+            f"the config lacks {e.args[0]}, which the tensors' shapes follow from; a "
+            f"{config.get('hf_model_type', 'model')} config states it"
+        ) from None
 
 
 def describe(shape: Shape, found: Shape) -> str:

@@ -374,7 +374,7 @@ class Template:
         self._check_structure(hf_config)
         try:
             kwargs = self._convert_hf_to_mca_config(hf_config)
-        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        except Exception as e:  # transformers' config classes raise their own kinds too
             if isinstance(e, ConversionError):
                 raise
             # a field of an unexpected type or value that no check names (transformers' own config
