@@ -152,22 +152,28 @@ def _appeared(dst: Path) -> OutputExistsError:
     )
 
 
+def _move_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` unless something stands at ``dst`` (``FileExistsError``)."""
+    try:
+        if _rename(src, dst, _RENAME_NOREPLACE):
+            return
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+        raise
+    with _parent_locked(dst):
+        if dst.exists() or dst.is_symlink():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+        os.rename(src, dst)
+
+
 def _place(tmp: Path, dst: Path, force: bool) -> Path | None:
     """Move the finished ``tmp`` to ``dst``; returns what ``force`` swapped out (to remove)."""
     if not force or not (dst.exists() or dst.is_symlink()):
         try:
-            if _rename(tmp, dst, _RENAME_NOREPLACE):
-                return None
+            _move_noreplace(tmp, dst)
         except FileExistsError:
             raise _appeared(dst) from None
-        except OSError as e:
-            if e.errno != errno.ENOTEMPTY:
-                raise
-            raise _appeared(dst) from None
-        with _parent_locked(dst):
-            if dst.exists() or dst.is_symlink():
-                raise _appeared(dst)
-            os.rename(tmp, dst)
         return None
     _check_replaceable(dst)  # again: it may have changed since the run started
     if _rename(tmp, dst, _RENAME_EXCHANGE):
@@ -199,12 +205,14 @@ def check_free_space(directory: str | os.PathLike, needed: int) -> None:
         )
 
 
-def _size(nbytes: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes} bytes" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+def _size(nbytes: float) -> str:
+    if nbytes < 1024:
+        return f"{nbytes:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
         nbytes /= 1024
-    raise AssertionError
+        if nbytes < 1024 or unit == "GiB":
+            break
+    return f"{nbytes:.1f} {unit}"
 
 
 # ---------------------------------------------------------------------- temporary directories
@@ -246,10 +254,7 @@ def remove_stale_staging(dst: str | os.PathLike) -> list[Path]:
             continue
         if kind == "old":  # an earlier output a killed --force run moved aside: never removed here
             try:
-                with _parent_locked(dst):
-                    if dst.exists() or dst.is_symlink():
-                        raise FileExistsError
-                    os.rename(entry, dst)
+                _move_noreplace(entry, dst)
             except FileExistsError:
                 logger.warning(
                     f"left {entry}: process {pid} moved the earlier {dst.name} there to replace it and was "

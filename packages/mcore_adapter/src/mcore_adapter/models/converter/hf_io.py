@@ -30,10 +30,6 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         with open_regular(Path(path)) as f:
             data = json.load(f)
-    except CheckpointError as e:
-        if not Path(path).exists():
-            raise CheckpointError(f"{path} does not exist") from None
-        raise e from None
     except json.JSONDecodeError as e:  # its message gives a position, never the text
         raise CheckpointError(f"{path} is not valid JSON ({e}); the file may be truncated") from None
     except UnicodeDecodeError:
