@@ -189,6 +189,8 @@ def test_defaults_for_left_out_fields_are_transformers_own(model_type, path, mon
     raw = json.loads(tiny_hf_config(model_type).to_json_string(use_diff=False))
     top, _, leaf = path.partition(".")
     raw.pop(top if leaf else path, None)  # rope_parameters.*: a config with no rope description at all
+    if path == "num_key_value_heads":  # its class default (8 to 32) must serve whole groups of heads
+        raw["num_attention_heads"] = template.transformers_normalized_hf_config(raw)["num_key_value_heads"]
     expected = template.convert_hf_to_mca_config(template.transformers_normalized_hf_config(raw))
 
     def no_transformers(config):
@@ -213,7 +215,8 @@ def test_legacy_rope_fields_are_folded_like_transformers(model_type):
 
 def test_sparse_configs_go_through_transformers():
     template = get_template("qwen2")
-    sparse = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
+    # 32 heads: transformers' default of 32 key/value heads must serve whole groups of them
+    sparse = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 32, "num_hidden_layers": 2}
     sparse.update(intermediate_size=128, vocab_size=128, rope_theta=12345.0)
     assert not template._states_every_field(sparse)
     mca = template.convert_hf_to_mca_config(sparse)
