@@ -684,6 +684,18 @@ ROWS = [
         "num_layers must be at most 10000",
     ),
     _row(
+        "mca-config-layers-times-experts",
+        [
+            _hf_of("qwen3_moe"),
+            lambda case: _to_mca(case, "qwen3_moe"),
+            _edit_json(
+                "mca_config.json", lambda c: c["mca_config"].update(num_layers=5000, num_moe_experts=5000)
+            ),
+        ],
+        ["convert", SRC, DST],
+        "5000 layers x 5000 experts exceeds 1000000 expert blocks",
+    ),
+    _row(
         "mca-config-more-layers-than-tensors",
         [_mca, _edit_json("mca_config.json", lambda c: c["mca_config"].update(num_layers=400))],
         ["convert", SRC, DST],

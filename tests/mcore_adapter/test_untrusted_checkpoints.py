@@ -252,3 +252,24 @@ def test_errors_never_print_a_files_contents(plant, tiny_checkpoint, tmp_path, c
     assert main(["convert", str(src), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and secret not in err and SECRET[:8] not in err, err
+
+
+def test_a_hub_cache_snapshot_converts_and_keeps_its_links(tiny_checkpoint, tmp_path, capsys):
+    """The hub's cache links each file of a snapshot to a blob outside it: shards and side files
+    that are links are allowed, and a side file is copied as the link it is, not as its contents."""
+    from mcore_adapter.testing.compare import compare_hf_dirs
+
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "0123abcd"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    files = [*tiny_checkpoint("llama").iterdir(), tmp_path / "tokenizer.json"]
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0"}')
+    for index, file in enumerate(files):
+        shutil.copyfile(file, blobs / f"blob{index}")
+        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / f"blob{index}")
+    assert main(["convert", str(snapshot), str(tmp_path / "mca"), "--tp", "2"]) == 0
+    assert main(["convert", str(tmp_path / "mca"), str(tmp_path / "hf")]) == 0
+    assert compare_hf_dirs(tiny_checkpoint("llama"), tmp_path / "hf") == []
+    for out in (tmp_path / "mca", tmp_path / "hf"):
+        link = out / "tokenizer.json"
+        assert link.is_symlink() and link.resolve() == (blobs / f"blob{len(files) - 1}").resolve()

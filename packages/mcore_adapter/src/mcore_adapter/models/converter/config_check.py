@@ -92,6 +92,7 @@ PROBABILITIES = frozenset({"attention_dropout", "hidden_dropout", "rotary_percen
 # No model has more (the largest hub models: ~100 layers, 512 experts): a claim beyond these
 # is refused before anything sized by it is built.
 MAX_LAYERS, MAX_EXPERTS, MAX_SIZE = 10_000, 100_000, 2**31 - 1
+MAX_LAYER_EXPERTS = 1_000_000  # layers x experts: the largest hub models have ~50,000
 
 
 HF_CONFIG = "hf_config"  # the whole HF config, checked for NaN and infinities only
@@ -168,6 +169,11 @@ def check_config_values(
     if _is_int(experts) and experts > MAX_EXPERTS:
         problems.append(
             _problem("num_moe_experts", experts, f"at most {MAX_EXPERTS} (no model has more)", names)
+        )
+    elif _is_int(layers) and _is_int(experts) and layers * experts > MAX_LAYER_EXPERTS:
+        problems.append(
+            f"{layers} layers x {experts} experts exceeds {MAX_LAYER_EXPERTS} expert blocks (no model has "
+            "more; the plan would hold every one)"
         )
     if problems:
         raise ConversionError(
