@@ -213,10 +213,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .testing.compare import compare_hf_dirs
     from .testing.tiny_models import TINY_MODELS, TINY_VL_MODELS
 
-    if args.model_type not in {**TINY_MODELS, **TINY_VL_MODELS}:
+    tiny = sorted({*TINY_MODELS, *TINY_VL_MODELS})
+    if args.model_type not in tiny:
         raise UserError(
             f"--model-type {str(args.model_type)[:40]!r} has no built-in tiny model; choose one of "
-            f"{', '.join(sorted({**TINY_MODELS, **TINY_VL_MODELS}))}"
+            f"{', '.join(tiny)}"
         )
     platform.quiet_cpu_noise()
     with tempfile.TemporaryDirectory(prefix="mcore-adapter-demo-") as work:

@@ -387,12 +387,17 @@ class Template:
         required = [*REQUIRED_MCA_FIELDS, *(f for f in MAPPED_REQUIRED_MCA_FIELDS if f in mapped)]
         missing = [f for f in required if kwargs.get(f) is None]
         if missing:
-            names = {mca: hf for hf, mca in self.config_hf_to_mca.items()}
+            names = self.hf_field_names
             raise ConversionError(
                 f"config.json lacks {', '.join(names.get(f, f) for f in missing)}, which every "
                 f"{self.hf_model_type} config states"
             )
         return kwargs
+
+    @property
+    def hf_field_names(self) -> dict[str, str]:
+        """Megatron field -> the HF config field it is read from (for messages in HF's words)."""
+        return {mca: hf for hf, mca in self.config_hf_to_mca.items()}
 
     def _check_structure(self, hf_config: Mapping[str, Any]) -> None:
         """The containers the template walks are containers: ``architectures`` a list of names,
@@ -405,7 +410,7 @@ class Template:
         paths = [*self.config_hf_to_mca, *self.hf_config_expect, *self.hf_config_defaults]
         paths += [p for derived in self.config_derived.values() for p in derived.hf_paths]
         direct = {mca: _get_path(hf_config, hf) for hf, mca in self.config_hf_to_mca.items()}
-        names = {mca: hf for hf, mca in self.config_hf_to_mca.items()}
+        names = self.hf_field_names
         # the sizes first: derived fields (layer patterns) are built from them
         check_config_values({k: v for k, v in direct.items() if v is not _MISSING}, "config.json", names)
         for path in paths:
@@ -453,8 +458,7 @@ class Template:
                 output_head=head[0], output_head_bias=head[1], tie_embeddings_and_output_weights=False
             )
         kwargs["hf_model_type"] = self.hf_model_type
-        hf_names = {mca: hf for hf, mca in self.config_hf_to_mca.items()}
-        check_config_values({**kwargs, HF_CONFIG: dict(hf)}, "config.json", hf_names)
+        check_config_values({**kwargs, HF_CONFIG: dict(hf)}, "config.json", self.hf_field_names)
         return kwargs
 
     def rope_kwargs(self, hf: Mapping[str, Any]) -> dict[str, Any]:

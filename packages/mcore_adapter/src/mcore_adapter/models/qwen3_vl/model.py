@@ -13,13 +13,14 @@ from ..model_io import dist_converter
 from ..mrope_rotary import InterleavedMultimodalRotaryEmbedding
 from ..vision_language import VisionLanguageConfig, VisionLanguageModel
 from .deepstack import Deepstack, DeepstackTransformerBlock
+from .template import deepstack_layers
 
 
 @dataclass
 class Qwen3VLConfig(VisionLanguageConfig):
     @property
     def num_deepstack_layers(self) -> int:
-        return len((self.vision_config or {}).get("deepstack_visual_indexes") or ())
+        return deepstack_layers(self.vision_config)
 
 
 class Qwen3VLModel(VisionLanguageModel):

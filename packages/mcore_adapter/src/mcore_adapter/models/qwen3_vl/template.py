@@ -59,10 +59,15 @@ def qwen3_vl_template(
     }
 
 
+def deepstack_layers(vision_config: Mapping[str, Any] | None) -> int:
+    """How many decoder layers get vision features added after them (the tower's deepstack)."""
+    return len((vision_config or {}).get("deepstack_visual_indexes") or ())
+
+
 def deepstack_on_first_stage(model: Mapping[str, Any], layout: ParallelLayout) -> None:
     """Deepstack adds vision features after the first decoder layers; they must be on the first
     pipeline stage's first chunk, with the vision tower (see deepstack.py)."""
-    deepstack = len((model.get("vision_config") or {}).get("deepstack_visual_indexes") or ())
+    deepstack = deepstack_layers(model.get("vision_config"))
     first = layout.chunks[0]
     if deepstack > len(first.layers):
         raise LayoutError(
