@@ -40,24 +40,11 @@ import weakref
 
 import torch
 
+from mcore_adapter.models.converter.untrusted import file_kind
 from roll_infer.weight_sync.common import WeightSyncError
 
 DIR_PREFIX = "roll-refit-"
 _FILE_NAME = re.compile(r"^segment-[0-9a-f]{32}$")
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def _check_owned_private(what: str, path: str, st: os.stat_result) -> None:
@@ -94,7 +81,7 @@ def check_segment_path(path: object) -> str:
     except OSError as e:
         raise WeightSyncError(f"roll_shm: the segment's directory {directory}: {e.strerror}") from e
     if not stat.S_ISDIR(st.st_mode):
-        raise WeightSyncError(f"roll_shm: the segment's directory {directory} is {_kind(st.st_mode)}")
+        raise WeightSyncError(f"roll_shm: the segment's directory {directory} is {file_kind(st.st_mode)}")
     _check_owned_private("the segment's directory", directory, st)
     return path
 
@@ -115,7 +102,9 @@ def open_segment(path: object, nbytes: object) -> torch.Tensor:
     except OSError as e:
         raise WeightSyncError(f"roll_shm: the segment {path}: {e.strerror}") from e
     if not stat.S_ISREG(before.st_mode):
-        raise WeightSyncError(f"roll_shm: the segment {path} is {_kind(before.st_mode)}, not a regular file")
+        raise WeightSyncError(
+            f"roll_shm: the segment {path} is {file_kind(before.st_mode)}, not a regular file"
+        )
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)

@@ -102,15 +102,25 @@ def check_regular(path: Path) -> os.stat_result:
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; the checkpoint is incomplete") from None
     if not stat.S_ISREG(status.st_mode):
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(status.st_mode)
-            else "a FIFO"
-            if stat.S_ISFIFO(status.st_mode)
-            else "a device or socket"
+        raise CheckpointError(
+            f"{path} is {file_kind(status.st_mode)}, not a regular file: a checkpoint's files are regular files"
         )
-        raise CheckpointError(f"{path} is {kind}, not a regular file: a checkpoint's files are regular files")
     return status
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, from its ``st_mode``."""
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def open_regular(path: Path) -> io.BufferedReader:
