@@ -199,8 +199,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
     diff = verify(hf_dir, layout_kwargs, args.batch_size, args.seq_len, image=args.image)
     print(f"layout={layout.describe()}")
-    print(f"max_abs_diff={diff:.6g}")
-    return 0 if diff <= args.tol else 1
+    print(f"max_abs_diff={diff.max_abs:.6g}")
+    return 0 if diff.max_abs <= args.tol else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -232,8 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .verify import verify
 
         diff = verify(hf_dir, {"tp": 1, "pp": 1})
-        print(f"max_abs_diff={diff:.6g}")
-        return 0 if not problems and diff <= args.tol else 1
+        print(f"max_abs_diff={diff.max_abs:.6g}")
+        return 0 if not problems and diff.max_abs <= args.tol else 1
 
 
 # ---------------------------------------------------------------------- arguments

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .parity import LogitsDiff, compare_logits
+
 
 def random_tokens(vocab_size: int, batch_size: int = 2, seq_len: int = 16, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
@@ -77,17 +79,16 @@ def megatron_logits(models: Any, tokens: torch.Tensor, **inputs: Any) -> torch.T
         return forward_logits(models, tokens, **inputs)
 
 
-def max_abs_diff_with_hf(
+def diff_with_hf(
     models: Any,
     hf_dir: str | os.PathLike,
     batch_size: int = 2,
     seq_len: int = 16,
     seed: int = 0,
     image: bool = False,
-) -> float:
-    """Max |logits diff| on the same random text tokens (or, with ``image``, a prompt with one
-    synthetic image), agreed by every rank. Collective."""
-    import torch.distributed as dist
+) -> LogitsDiff:
+    """Our logits against transformers' on the same random text tokens (or, with ``image``, a
+    prompt with one synthetic image), agreed by every rank. Collective."""
     from megatron.core import parallel_state
 
     config = models_config(models)
@@ -96,13 +97,31 @@ def max_abs_diff_with_hf(
     else:
         tokens, inputs = random_tokens(text_vocab_size(config), batch_size, seq_len, seed), {}
     actual = megatron_logits(models, tokens, **inputs)
-    diff = torch.zeros(())
+    diff = None
     if actual is not None and parallel_state.get_tensor_model_parallel_rank() == 0:
         expected = hf_logits(hf_dir, tokens, **hf_inputs(config, tokens, inputs))
-        diff.fill_((actual.float() - expected).abs().max())
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-    return diff.item()
+        diff = compare_logits(actual, expected)
+    return agree(diff)
+
+
+def agree(diff: LogitsDiff | None) -> LogitsDiff:
+    """The comparison made on the ranks that hold logits, on every rank (ranks without logits
+    pass ``None``). Collective when distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        assert diff is not None
+        return diff
+    # MAX over ranks: the ranks holding logits (several with data/expert parallelism) hold the
+    # same comparison; the others pass what loses (-2; a missing top-1 agreement is -1).
+    if diff is None:
+        packed = torch.tensor([-2.0, -2.0, -2.0, 0.0], dtype=torch.float64)
+    else:
+        top1 = -1.0 if diff.top1_agreement is None else diff.top1_agreement
+        packed = torch.tensor([diff.max_abs, diff.scale, top1, diff.positions], dtype=torch.float64)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    max_abs, scale, top1, positions = packed.tolist()
+    return LogitsDiff(max_abs, scale, None if top1 < 0 else top1, int(positions))
 
 
 def models_config(models: Any):
@@ -121,7 +140,7 @@ def verify_rank(
     )
     uneven = {k: v for k, v in layout.items() if k.startswith("num_layers_in_") and v is not None}
     models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
-    return max_abs_diff_with_hf(models, hf_dir, batch_size, seq_len, seed, image)
+    return diff_with_hf(models, hf_dir, batch_size, seq_len, seed, image)
 
 
 def verify(
@@ -131,8 +150,8 @@ def verify(
     seq_len: int = 16,
     seed: int = 0,
     image: bool = False,
-) -> float:
-    """Max |logits diff| at ``layout`` (``tp``, ``pp``, ``vpp``, uneven split, ``ep``,
+) -> LogitsDiff:
+    """Our logits against transformers' at ``layout`` (``tp``, ``pp``, ``vpp``, uneven split, ``ep``,
     ``etp``); more than one rank is launched here as local processes (gloo on CPU)."""
     from .parallel import world_size
 
