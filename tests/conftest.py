@@ -77,19 +77,20 @@ def record_strategy():
 
 @pytest.fixture(scope="session")
 def record_layout():
-    """``record_layout(model_type, tied, layout, max_abs_diff, passed)``: parity results that
-    tools/support_matrix.py turns into the README's support matrix (written at session end,
-    merged with earlier runs' results)."""
+    """``record_layout(model_type, tied, layout, diff, passed)``: parity results (``diff``, a
+    ``mcore_adapter.parity.LogitsDiff``) that tools/support_matrix.py turns into the README's
+    support matrix (written at session end, merged with earlier runs' results)."""
     results: dict[str, dict] = {}
 
-    def record(model_type: str, tied: bool, layout: str, max_abs_diff: float, passed: bool) -> None:
+    def record(model_type: str, tied: bool, layout: str, diff, passed: bool) -> None:
         key = f"{model_type}-{'tied' if tied else 'untied'}-{layout.replace(' ', '_')}"
-        earlier = results.get(key, {"max_abs_diff": 0.0, "passed": True})  # several inputs, one cell
+        earlier = results.get(key, {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "passed": True})  # several inputs
         results[key] = {
             "model_type": model_type,
             "tied": tied,
             "layout": layout,
-            "max_abs_diff": max(max_abs_diff, earlier["max_abs_diff"]),
+            "max_abs_diff": max(diff.max_abs, earlier["max_abs_diff"]),
+            "max_rel_diff": max(diff.relative, earlier["max_rel_diff"]),
             "passed": passed and earlier["passed"],
         }
 

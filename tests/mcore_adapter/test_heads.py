@@ -12,10 +12,10 @@ import torch
 
 from mcore_adapter.models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
 from mcore_adapter.models.converter.layout import ParallelLayout
+from mcore_adapter.parity import FP32_RTOL, compare_logits
 from mcore_adapter.testing import make_tiny_head_checkpoint
 from mcore_adapter.testing.compare import compare_hf_dirs
 
-TOL = 1e-5
 HEADS = ("value", "reward")
 
 
@@ -64,7 +64,7 @@ def test_head_models_match_transformers_and_round_trip(model_type, head, heads, 
         ours = model(tokens)
     theirs = hf_head_outputs(path, tokens)
     assert ours.shape == theirs.shape == ((2, 10, 1) if head == "value" else (2, 1))
-    assert (ours - theirs).abs().max().item() <= TOL
+    assert compare_logits(ours, theirs).passed()
     model.save_pretrained_as_hf(tmp_path / "hf")
     assert compare_hf_dirs(path, tmp_path / "hf") == []
 
@@ -77,7 +77,7 @@ def test_reward_reads_the_last_non_pad_token(heads, megatron):
     tokens = torch.randint(1, 128, (1, 8), generator=torch.Generator().manual_seed(3))
     padded = torch.cat([tokens, torch.zeros(1, 3, dtype=tokens.dtype)], dim=1)
     with torch.no_grad():
-        torch.testing.assert_close(model(padded), model(tokens), rtol=0, atol=TOL)
+        assert compare_logits(model(padded), model(tokens)).passed()
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -110,7 +110,7 @@ def heads_at_tp2(paths: dict[str, str], out: str) -> dict[str, float]:
             ours = model(padded_tokens())
         model.save_pretrained_as_hf(Path(out) / head)
         if dist.get_rank() == 0:
-            results[head] = (ours - hf_head_outputs(path, padded_tokens())).abs().max().item()
+            results[head] = compare_logits(ours, hf_head_outputs(path, padded_tokens())).relative
             results[f"{head}-round-trip"] = compare_hf_dirs(path, Path(out) / head)
     return results
 
@@ -122,7 +122,7 @@ def test_head_models_at_tp2(heads, tmp_path):
     paths = {head: str(heads["qwen3", head]) for head in HEADS}
     results = launch(heads_at_tp2, 2, paths, str(tmp_path))[0]
     for head in HEADS:
-        assert results[head] <= TOL, results
+        assert results[head] <= FP32_RTOL, results
         assert results[f"{head}-round-trip"] == [], results
 
 

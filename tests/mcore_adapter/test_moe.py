@@ -19,11 +19,9 @@ from mcore_adapter.models.converter.convert import (
 from mcore_adapter.models.converter.hf_io import HFCheckpoint
 from mcore_adapter.models.converter.layout import ParallelLayout
 from mcore_adapter.models.converter.mca_io import TorchRankReader, torch_rank_file
+from mcore_adapter.parity import CONTROL_RTOL, compare_logits
 from mcore_adapter.testing import MOE_MODELS, save_with_fused_experts
 from mcore_adapter.testing.compare import compare_hf_dirs
-
-PARITY_TOL = 1e-5
-MOVED = 1e-2  # a control must move the logits by more than this
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -87,9 +85,9 @@ def test_alltoall_dispatcher_at_tp1(model_type, megatron, tiny_checkpoint, recor
     path = tiny_checkpoint(model_type)
     model = AutoModel.from_pretrained(path, moe_token_dispatcher_type="alltoall")
     tokens = _tokens()
-    diff = (_logits(model, tokens) - _hf_logits(path, tokens)).abs().max().item()
-    record_layout(model_type, False, "TP1 alltoall", diff, diff <= PARITY_TOL)
-    assert diff <= PARITY_TOL
+    diff = compare_logits(_logits(model, tokens), _hf_logits(path, tokens))
+    record_layout(model_type, False, "TP1 alltoall", diff, diff.passed())
+    assert diff.passed(), diff.describe()
 
 
 @pytest.mark.parametrize("model_type", ["qwen3_moe", "mixtral"])
@@ -99,7 +97,7 @@ def test_fused_checkpoint_loads_and_exports_in_its_layout(model_type, megatron, 
     fused = save_with_fused_experts(tiny_checkpoint(model_type), tmp_path / "fused")
     model = AutoModel.from_pretrained(fused)
     tokens = _tokens()
-    assert (_logits(model, tokens) - _hf_logits(fused, tokens)).abs().max().item() <= PARITY_TOL
+    assert compare_logits(_logits(model, tokens), _hf_logits(fused, tokens)).passed()
     model.save_pretrained_as_hf(tmp_path / "hf")
     assert compare_hf_dirs(fused, tmp_path / "hf") == []
     # An inference engine gets the hub's per-expert names, one expert at a time.
@@ -169,13 +167,13 @@ def test_parity_check_notices_an_expert_or_routing_mistake(
     tokens = _tokens()
     expected = _hf_logits(path, tokens)
     good = AutoModel.from_pretrained(path)
-    assert (_logits(good, tokens) - expected).abs().max().item() <= PARITY_TOL
+    assert compare_logits(_logits(good, tokens), expected).passed()
     model = AutoModel.from_pretrained(path, **overrides)
     if breakage is not None:
         with torch.no_grad():
             breakage(model)
-    diff = (_logits(model, tokens) - expected).abs().max().item()
-    assert diff > MOVED, f"the mistake moved the logits by only {diff}"
+    diff = compare_logits(_logits(model, tokens), expected)
+    assert diff.relative > CONTROL_RTOL, f"the mistake moved the logits by only {diff.describe()}"
 
 
 def test_multi_token_prediction_layers(megatron, tiny_checkpoint, tmp_path):
@@ -203,7 +201,7 @@ def test_multi_token_prediction_layers(megatron, tiny_checkpoint, tmp_path):
     model = AutoModel.from_pretrained(path)
     assert model.config.mtp_num_layers == 1
     tokens = _tokens()
-    assert (_logits(model, tokens) - _hf_logits(path, tokens)).abs().max().item() <= PARITY_TOL
+    assert compare_logits(_logits(model, tokens), _hf_logits(path, tokens)).passed()
     model.train()
     loss = model(tokens, labels=tokens).sum()
     loss.backward()

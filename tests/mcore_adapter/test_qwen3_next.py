@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-PARITY_TOL = 5e-5
+from mcore_adapter.parity import CONTROL_RTOL, LogitsDiff, compare_logits
+
 LENGTHS = [16, 64, 65, 130]  # the chunked delta rule works in chunks of 64
 
 
@@ -33,12 +34,12 @@ def mca_model(checkpoint, megatron):
     return AutoModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
-def max_diff(mca_model, hf_model, seq_len: int = 40) -> float:
+def diff_with_hf(mca_model, hf_model, seq_len: int = 40) -> LogitsDiff:
     tokens = torch.randint(0, 128, (2, seq_len), generator=torch.Generator().manual_seed(seq_len))
     with torch.no_grad():
         expected = hf_model(tokens).logits
         actual = mca_model(tokens)[..., : expected.shape[-1]]
-    return (actual - expected).abs().max().item()
+    return compare_logits(actual, expected)
 
 
 def test_the_layers_are_megatrons_own(mca_model):
@@ -59,9 +60,9 @@ def test_the_layers_are_megatrons_own(mca_model):
 
 @pytest.mark.parametrize("seq_len", LENGTHS)
 def test_logits_match_transformers(seq_len, hf_model, mca_model, record_layout):
-    diff = max_diff(mca_model, hf_model, seq_len)
-    record_layout("qwen3_next", False, "TP1", diff, diff <= PARITY_TOL)
-    assert diff <= PARITY_TOL, f"{seq_len} tokens: max |logits diff| {diff}"
+    diff = diff_with_hf(mca_model, hf_model, seq_len)
+    record_layout("qwen3_next", False, "TP1", diff, diff.passed())
+    assert diff.passed(), f"{seq_len} tokens: {diff.describe()}"
 
 
 def _drop_out_norm_offset(model):
@@ -98,7 +99,7 @@ def _transpose_conv(model):
 def test_a_wrong_layout_moves_the_logits(control, hf_model, mca_model):
     with torch.no_grad():
         control(mca_model)
-    assert max_diff(mca_model, hf_model) > 1e-2
+    assert diff_with_hf(mca_model, hf_model).relative > CONTROL_RTOL
 
 
 def test_offset_norm_round_trip_is_exact_where_norms_live():

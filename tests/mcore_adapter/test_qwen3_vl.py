@@ -12,11 +12,11 @@ import torch
 from mcore_adapter.models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
 from mcore_adapter.models.converter.layout import ParallelLayout
 from mcore_adapter.models.mrope import mm_token_types
+from mcore_adapter.parity import CONTROL_RTOL, LogitsDiff, compare_logits
 from mcore_adapter.testing import VL_TOKENS, vl_prompt
 from mcore_adapter.testing.compare import compare_hf_dirs
 
 # fp32, eager attention on both sides; the vision tower is transformers' own module.
-PARITY_TOL = {"qwen3_vl": 1e-5, "qwen3_vl_moe": 5e-5, "qwen3_5": 5e-5, "qwen3_5_moe": 5e-5}
 DEEPSTACK = ("qwen3_vl", "qwen3_vl_moe")  # Qwen3.5's tower has none
 IMAGE, VIDEO = VL_TOKENS["image_token_id"], VL_TOKENS["video_token_id"]
 PATCH_DIM = 3 * 2 * 14 * 14  # channels x temporal patch x patch^2
@@ -95,11 +95,11 @@ def hf_logits(hf_model, batch):
         return hf_model(**batch, mm_token_type_ids=mm_token_types(batch["input_ids"], IMAGE, VIDEO)).logits
 
 
-def max_diff(mca_model, hf_model, batch) -> float:
+def diff_with_hf(mca_model, hf_model, batch) -> LogitsDiff:
     expected = hf_logits(hf_model, batch)
     with torch.no_grad():
         actual = mca_model(**batch)[..., : expected.shape[-1]]
-    return (actual - expected).abs().max().item()
+    return compare_logits(actual, expected)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -107,9 +107,9 @@ def test_logits_match_transformers(case, model_type, hf_model, mca_model, record
     from mcore_adapter.models.qwen3_vl.deepstack import DeepstackTransformerBlock
 
     assert isinstance(mca_model.decoder, DeepstackTransformerBlock) is (model_type in DEEPSTACK)
-    diff = max_diff(mca_model, hf_model, inputs(case))
-    record_layout(model_type, False, "TP1", diff, diff <= PARITY_TOL[model_type])
-    assert diff <= PARITY_TOL[model_type], f"{case}: max |logits diff| {diff}"
+    diff = diff_with_hf(mca_model, hf_model, inputs(case))
+    record_layout(model_type, False, "TP1", diff, diff.passed())
+    assert diff.passed(), f"{case}: {diff.describe()}"
 
 
 @pytest.mark.parametrize("model_type", DEEPSTACK, indirect=True)
@@ -119,7 +119,7 @@ def test_without_deepstack_the_logits_move(model_type, hf_model, mca_model, monk
 
     batch = inputs("one image")
     monkeypatch.setattr(Deepstack, "add", lambda self, layer, hidden: hidden)
-    assert max_diff(mca_model, hf_model, batch) > 1e-2
+    assert diff_with_hf(mca_model, hf_model, batch).relative > CONTROL_RTOL
 
 
 def test_contiguous_mrope_sections_move_the_logits(model_type, hf_model, mca_model):
@@ -135,8 +135,8 @@ def test_contiguous_mrope_sections_move_the_logits(model_type, hf_model, mca_mod
     contiguous.inv_freq = interleaved.inv_freq
     mca_model.rotary_pos_emb = contiguous
     try:
-        assert max_diff(mca_model, hf_model, inputs("one image")) > 1e-2
-        assert max_diff(mca_model, hf_model, inputs("text only")) <= PARITY_TOL[model_type]
+        assert diff_with_hf(mca_model, hf_model, inputs("one image")).relative > CONTROL_RTOL
+        assert diff_with_hf(mca_model, hf_model, inputs("text only")).passed()
     finally:
         mca_model.rotary_pos_emb = interleaved
 
@@ -210,7 +210,7 @@ def test_hub_layout_loads_matches_transformers_and_exports_itself(hub_moe_checkp
         hub_moe_checkpoint, dtype=torch.float32, attn_implementation="eager"
     ).eval()
     model = AutoModel.from_pretrained(hub_moe_checkpoint, dtype=torch.float32).eval()
-    assert max_diff(model, hf_model, inputs("image and video")) <= PARITY_TOL["qwen3_vl_moe"]
+    assert diff_with_hf(model, hf_model, inputs("image and video")).passed()
     model.save_pretrained_as_hf(tmp_path / "hf")
     assert compare_hf_dirs(hub_moe_checkpoint, tmp_path / "hf") == []
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import roll_models  # noqa: F401  (registers InternLM2 with transformers)
+from mcore_adapter.parity import CONTROL_RTOL, compare_logits
 from roll_models.internlm2 import InternLM2Config, InternLM2ForCausalLM
 
-TOL = 1e-5
 BASE = {
     "vocab_size": 128,
     "hidden_size": 64,
@@ -96,16 +96,16 @@ def test_logits_equal_transformers_llama_on_the_same_weights(rope_scaling):
     # 24 tokens > max_position_embeddings 16: dynamic NTK rescales
     tokens = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        diff = (model(tokens).logits - _as_llama(model)(tokens).logits).abs().max().item()
-    assert diff <= TOL
+        diff = compare_logits(model(tokens).logits, _as_llama(model)(tokens).logits)
+    assert diff.passed()
 
 
 def test_ungrouped_wqkv_breaks_parity():
     model = _tiny()
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        diff = (model(tokens).logits - _as_llama(model, grouped=False)(tokens).logits).abs().max().item()
-    assert diff > 1.0, diff
+        diff = compare_logits(model(tokens).logits, _as_llama(model, grouped=False)(tokens).logits)
+    assert diff.relative > CONTROL_RTOL, diff.describe()
 
 
 def test_hub_checkpoint_with_auto_map_loads_without_remote_code(tmp_path):
@@ -132,7 +132,7 @@ def test_hub_checkpoint_with_auto_map_loads_without_remote_code(tmp_path):
         "hf_infer", ModelArgs(str(tmp_path), dtype="float32", attn_implementation="eager")
     )
     with torch.no_grad():
-        assert (provided(tokens).logits - model(tokens).logits).abs().max().item() <= TOL
+        assert compare_logits(provided(tokens).logits, model(tokens).logits).passed()
     generated = provided.generate(tokens[:, :5], max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 9)
 
@@ -155,8 +155,8 @@ def test_megatron_matches_with_linear_rope_and_refuses_dynamic_ntk(megatron, tmp
     assert model.config.seq_len_interpolation_factor == 2.0
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        diff = (model(tokens) - _tiny({"type": "linear", "factor": 2.0})(tokens).logits).abs().max().item()
-    assert diff <= TOL
+        diff = compare_logits(model(tokens), _tiny({"type": "linear", "factor": 2.0})(tokens).logits)
+    assert diff.passed()
     dynamic = _checkpoint(tmp_path / "dynamic", {"type": "dynamic", "factor": 2.0})
     with pytest.raises(ConversionError, match="dynamic NTK scaling rescales the rope"):
         AutoModel.from_pretrained(dynamic)
@@ -196,8 +196,8 @@ def test_megatron_parity_notices_an_ungrouped_wqkv(megatron, tmp_path, monkeypat
     expected = _tiny()(tokens).logits.detach()
     good = AutoModel.from_pretrained(path).eval()
     with torch.no_grad():
-        assert (good(tokens) - expected).abs().max().item() <= TOL
+        assert compare_logits(good(tokens), expected).passed()
     monkeypatch.setitem(template_module._TEMPLATES, "internlm2", broken)
     with torch.no_grad():
-        diff = (AutoModel.from_pretrained(path).eval()(tokens) - expected).abs().max().item()
-    assert diff > 1.0, diff
+        diff = compare_logits(AutoModel.from_pretrained(path).eval()(tokens), expected)
+    assert diff.relative > CONTROL_RTOL, diff.describe()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mcore_adapter.parity import CONTROL_RTOL, compare_logits
 from roll_models.model_providers import (
     ModelArgs,
     ProviderError,
@@ -21,8 +22,6 @@ from roll_models.model_providers import (
     register_model_provider,
     registered_strategies,
 )
-
-TOL = 1e-5  # fp32, eager attention on both sides
 
 
 def _tiny_tokenizer(path: Path) -> None:
@@ -84,10 +83,10 @@ def test_hf_infer_and_megatron_infer_agree(model_type, megatron, tiny_checkpoint
     assert not any(p.requires_grad for p in hf.parameters())
     assert not any(p.requires_grad for p in mca.parameters())
     tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
-    diff = (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item()
-    record_strategy(model_type, "hf_infer", f"= megatron_infer {diff:.1e}", diff <= TOL)
-    record_strategy(model_type, "megatron_infer", f"= hf_infer {diff:.1e}", diff <= TOL)
-    assert diff <= TOL
+    diff = compare_logits(_logits(hf, tokens), _logits(mca, tokens))
+    record_strategy(model_type, "hf_infer", f"= megatron_infer {diff.max_abs:.1e}", diff.passed())
+    record_strategy(model_type, "megatron_infer", f"= hf_infer {diff.max_abs:.1e}", diff.passed())
+    assert diff.passed()
 
 
 @pytest.mark.parametrize("head", ["value", "reward"])
@@ -101,10 +100,10 @@ def test_value_and_reward_heads_agree_between_hf_and_megatron(
     mca = default_model_provider("megatron_infer", _args(path, head=head))
     tokens = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     tokens[0, :4] = 0  # left-padded (pad_token_id 0)
-    diff = (_logits(hf, tokens) - _logits(mca, tokens)).abs().max().item()
+    diff = compare_logits(_logits(hf, tokens), _logits(mca, tokens))
     for strategy in ("hf_infer", "megatron_infer"):
-        record_strategy("llama", strategy, f"{head} head {diff:.1e}", diff <= TOL)
-    assert diff <= TOL
+        record_strategy("llama", strategy, f"{head} head {diff.max_abs:.1e}", diff.passed())
+    assert diff.passed()
     with pytest.raises(ProviderError, match=f"holds a {head!r} model, 'lm' was asked for"):
         default_model_provider("megatron_infer", _args(path))
 
@@ -155,7 +154,7 @@ def test_a_model_registered_from_outside_is_found_by_every_strategy(megatron, ti
         args = _args(path, optimizer=optimizer)
         model = default_model_provider(strategy, args, is_trainable=strategy.endswith("train"))
         model.eval()
-        assert (_logits(hf, tokens) - _logits(model, tokens)).abs().max().item() <= TOL
+        assert compare_logits(_logits(hf, tokens), _logits(model, tokens)).passed()
 
 
 def test_strategies_can_be_added_and_replaced(tiny_checkpoint):
@@ -222,8 +221,8 @@ def _train_and_export(hf_dir: str, out: str) -> tuple[float, float]:
     after = megatron_logits(model, tokens)
     model.save_pretrained_as_hf(out)
     if dist.get_rank() != 0:
-        return 0.0, 0.0
-    return (after - hf_logits(out, tokens)).abs().max().item(), (after - before).abs().max().item()
+        return None, None
+    return compare_logits(after, hf_logits(out, tokens)), compare_logits(after, before)
 
 
 @pytest.mark.distributed
@@ -232,7 +231,10 @@ def test_megatron_train_steps_at_tp2_and_exports_what_it_trained(tiny_checkpoint
 
     diff, moved = launch(_train_and_export, 2, str(tiny_checkpoint("llama")), str(tmp_path / "hf"))[0]
     record_strategy(
-        "llama", "megatron_train", f"TP2 step, export = model {diff:.1e}", moved > 1e-3 and diff <= TOL
+        "llama",
+        "megatron_train",
+        f"TP2 step, export = model {diff.max_abs:.1e}",
+        moved.relative > CONTROL_RTOL and diff.passed(),
     )
-    assert moved > 1e-3, "the optimizer step did not change the model"
-    assert diff <= TOL
+    assert moved.relative > CONTROL_RTOL, f"the optimizer step did not change the model: {moved.describe()}"
+    assert diff.passed()

@@ -28,6 +28,10 @@ layers) and on every parallel layout the tests run:
   window dropped), are at least 3e-3 of the scale, 30 times the tolerance.
 """
 
+CONTROL_RTOL = 30 * FP32_RTOL
+"""What the tests' controls (conversions wrong in one detail) must move the logits by, at least,
+relative to their scale: the margin the tolerance keeps from a wrong conversion."""
+
 
 @dataclass(frozen=True)
 class LogitsDiff:

@@ -163,28 +163,38 @@ def _load_hf(config, conv: DistConverter, targets: dict, ckpt: HFCheckpoint, me:
             return True  # unmapped: let push() name it
         return any(mine(name) for name in outputs)
 
-    loaded = set()
-    for hf_name, tensor in ckpt.tensors([n for n in ckpt.weight_map if wanted(n)]):
-        for name, full in mapper.push(hf_name, tensor):
-            for rank, chunk, local, part in conv.shards(name, full):
-                if rank == me:
-                    _copy(targets, (chunk.vp_stage, local), part, str(ckpt.path))
-                    loaded.add((chunk.vp_stage, local))
+    pushed = (
+        mcore
+        for hf_name, tensor in ckpt.tensors([n for n in ckpt.weight_map if wanted(n)])
+        for mcore in mapper.push(hf_name, tensor)
+    )
+    loaded = _load_canonical(conv, targets, pushed, str(ckpt.path), me)
     mapper.finish()
+    return loaded
+
+
+def _load_canonical(conv: DistConverter, targets: dict, weights, source: str, me: RankFile) -> set:
+    """Copy this rank's shards of whole (canonical) Megatron weights into the model."""
+    loaded = set()
+    for name, full in weights:
+        for rank, chunk, local, part in conv.shards(name, full):
+            if rank == me:
+                _copy(targets, (chunk.vp_stage, local), part, source)
+                loaded.add((chunk.vp_stage, local))
     return loaded
 
 
 def _load_torch(conv: DistConverter, targets: dict, path, meta: McaCheckpointMeta, me: RankFile) -> set:
     if meta.layout != conv.layout:
-        layout = conv.layout
-        flags = f"--tp {layout.tp} --pp {layout.pp}" + (f" --vpp {layout.vpp}" if layout.vpp else "")
-        flags += (f" --ep {layout.ep}" if layout.ep > 1 else "") + (
-            f" --etp {layout.etp}" if layout.etp else ""
-        )
-        raise ConversionError(
-            f"{path} was written for {meta.layout.describe()} in 'torch' format, which is layout-specific; "
-            f"this job runs {layout.describe()}: reshard it first (mcore-adapter convert SRC DST {flags})"
-        )
+        # Rank files of another layout: merged weight by weight (as the offline reshard does)
+        # and split for this job's layout. Every rank reads the whole checkpoint, one weight at
+        # a time; a job that loads a large one repeatedly should reshard it once, offline.
+        from .converter.convert import McaTorchSource
+
+        source = McaTorchSource(path)
+        for _ in source.weights(meta=True):  # every rank file's header against the config, first
+            pass
+        return _load_canonical(conv, targets, source.weights(), str(path), me)
     # The file's expert names may be the other expert module's (SequentialMLP / grouped GEMM):
     # each goes through its canonical name to the name this model uses.
     written = DistConverter(meta.mca_config, meta.layout)

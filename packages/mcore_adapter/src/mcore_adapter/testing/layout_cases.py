@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..verify import hf_inputs, hf_logits, image_prompt, megatron_logits, models_config, random_tokens
+from ..parity import LogitsDiff, compare_logits
+from ..verify import agree, hf_inputs, hf_logits, image_prompt, megatron_logits, models_config, random_tokens
 from .compare import compare_hf_dirs
 
 
@@ -43,25 +44,28 @@ def _max(value: float) -> float:
     return t.item()
 
 
-def _diffs(models: Any, others: list[Any], hf_dir: str, vision: bool = False) -> list[float]:
-    """Max |logits - HF logits| of ``models`` (text; a text and an image prompt for a vision
-    model), then max |logits - logits of other|."""
+def _diffs(
+    models: Any, others: list[Any], hf_dir: str, vision: bool = False
+) -> tuple[LogitsDiff, list[float]]:
+    """``models``' logits against transformers' (text; a text and an image prompt for a vision
+    model), then max |logits - logits of other| for each of ``others``."""
     from megatron.core import parallel_state
 
     config = models_config(models)
     prompts = [(random_tokens(128, seq_len=16), {})] + ([image_prompt(config)] if vision else [])
     first_tp = parallel_state.get_tensor_model_parallel_rank() == 0
-    values = [0.0] * (1 + len(others))
+    with_hf: LogitsDiff | None = None
+    values = [0.0] * len(others)
     for tokens, inputs in prompts:
         ours = megatron_logits(models, tokens, **inputs)
         theirs = [megatron_logits(o, tokens, **inputs) for o in others]
         if ours is None or not first_tp:
             continue
-        hf_inputs_ = hf_inputs(config, tokens, inputs)
-        values[0] = max(values[0], (ours - hf_logits(hf_dir, tokens, **hf_inputs_)).abs().max().item())
-        for i, t in enumerate(theirs, start=1):
+        diff = compare_logits(ours, hf_logits(hf_dir, tokens, **hf_inputs(config, tokens, inputs)))
+        with_hf = diff if with_hf is None else with_hf.merge(diff)
+        for i, t in enumerate(theirs):
             values[i] = max(values[i], (ours - t).abs().max().item())
-    return [_max(v) for v in values]
+    return agree(with_hf), [_max(v) for v in values]
 
 
 def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -94,10 +98,10 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     dist.all_gather_object(reads, len(read))
     from_torch = AutoModel.from_pretrained(case["torch_dir"], dtype=torch.float32, **overrides)
     vision = "vision_config" in HFCheckpoint(hf_dir).config
-    hf_diff, torch_diff = _diffs(models, [from_torch], hf_dir, vision)
+    hf_diff, (torch_diff,) = _diffs(models, [from_torch], hf_dir, vision)
     result = {
         **case,
-        "max_abs_diff": hf_diff,
+        "logits_diff": hf_diff,
         "torch_format_vs_hf_load": torch_diff,
         "hf_tensors_read_per_rank": reads,
         "hf_tensors_total": len(HFCheckpoint(hf_dir).keys()),
@@ -119,7 +123,7 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
         del models, from_torch
         uneven = _init(reload_layout)
         reloaded = AutoModel.from_pretrained(dist_dir, dtype=torch.float32, **uneven, **overrides)
-        (result["torch_dist_reload_diff"],) = _diffs(reloaded, [], hf_dir, vision)
+        result["torch_dist_reload_rel_diff"] = _diffs(reloaded, [], hf_dir, vision)[0].relative
     return result
 
 
