@@ -5,7 +5,8 @@
   strategy's provider imports its backend when it runs).
 - One folder per family that the pinned transformers does not ship (``internlm2``); importing
   ``roll_models`` registers them with transformers' Auto classes, so their hub checkpoints load
-  without ``trust_remote_code``.
+  without ``trust_remote_code``. As transformers does for its own models, a family's modules
+  are imported when it is first used, not here (see ``lazy_auto``).
 """
 
 __version__ = "0.1.0"
@@ -20,20 +21,31 @@ IMPLEMENTATIONS: dict[str, tuple[str, dict[str, str]]] = {
     ),
 }
 
+_imported: set[str] = set()
 
-def _load(target: str):
-    import importlib
 
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+def implementation_imported(model_type: str) -> None:
+    """Register the config class of ``model_type``, now imported, with transformers' AutoConfig
+    in place of its stand-in, and its model classes, still lazily, with their Auto classes. A
+    family package calls this when it is imported: a config class imported directly then builds
+    its models through the Auto classes as well."""
+    if model_type in _imported:
+        return
+    _imported.add(model_type)
+    from .lazy_auto import lazy_model_class, load
+    from .model_providers import register_model
+
+    config_target, model_targets = IMPLEMENTATIONS[model_type]
+    config_class = load(config_target)
+    models = {auto: lazy_model_class(target, auto, config_class) for auto, target in model_targets.items()}
+    register_model(model_type, config_class, exist_ok=True, **models)
 
 
 def _register_implementations() -> None:
-    from .model_providers import register_model
+    from .lazy_auto import register_config
 
-    for model_type, (config_class, model_classes) in IMPLEMENTATIONS.items():
-        classes = {auto: _load(target) for auto, target in model_classes.items()}
-        register_model(model_type, _load(config_class), exist_ok=True, **classes)
+    for model_type, (config_target, _) in IMPLEMENTATIONS.items():
+        register_config(model_type, config_target, lambda _cls, t=model_type: implementation_imported(t))
 
 
 _register_implementations()
