@@ -4,10 +4,12 @@ The parity tests record every case they ran in build/test-results/layouts.json (
 tests/conftest.py ``record_layout``); this script turns that file into the table between the
 README's ``support-matrix`` markers (dense models) and ``moe-matrix`` markers (mixture of
 experts: layouts with expert parallelism, each cell naming the token dispatchers it ran with),
-so the matrices say what the tests measured and nothing else. Run the tests first (``uv run pytest``), then::
+so the matrices say what the tests measured and nothing else. It also writes which layouts
+each model type was tested at to mcore_adapter's package data (``mcore-adapter list`` reads it).
+Run the tests first (``uv run pytest``), then::
 
-    uv run python tools/support_matrix.py          # rewrite README.md
-    uv run python tools/support_matrix.py --check  # exit 1 if README.md is out of date
+    uv run python tools/support_matrix.py          # rewrite README.md and the package data
+    uv run python tools/support_matrix.py --check  # exit 1 if either is out of date
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "build" / "test-results" / "layouts.json"
 README = ROOT / "README.md"
+PACKAGE_DATA = ROOT / "packages" / "mcore_adapter" / "src" / "mcore_adapter" / "data" / "support_matrix.json"
 MARKERS = {
     "dense": ("<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"),
     "moe": ("<!-- moe-matrix:begin -->", "<!-- moe-matrix:end -->"),
@@ -135,9 +138,42 @@ def render(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def tested_layouts(results: dict[str, dict]) -> dict[str, dict[str, bool]]:
+    """model_type -> {layout: passed} of the parity cases, layouts in the matrices' column order;
+    a variant's layouts read "EP2 (q_lora_rank=None)". Dispatchers, ties and diffs stay in the
+    README's tables."""
+    cases: dict[str, dict[str, bool]] = {}
+    for r in results.values():
+        if r["model_type"] in MOE_TYPES:
+            name, layout, _ = split_layout(r)
+            label = layout + name[len(r["model_type"]) :]
+        else:
+            label = r["layout"]
+        row = cases.setdefault(r["model_type"], {})
+        row[label] = row.get(label, True) and r["passed"]
+
+    def ordered(model_type: str, row: dict[str, bool]) -> dict[str, bool]:
+        order = MOE_LAYOUTS if model_type in MOE_TYPES else LAYOUTS
+        return {
+            label: row[label] for label in sorted(row, key=lambda label: order.index(label.split(" (")[0]))
+        }
+
+    return {model_type: ordered(model_type, row) for model_type, row in sorted(cases.items())}
+
+
+def package_data(results: dict[str, dict]) -> str:
+    document = {
+        "generated_by": "tools/support_matrix.py, from the parity tests' results; do not edit",
+        "tested_layouts": tested_layouts(results),
+    }
+    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument(
+        "--check", action="store_true", help="only check that README.md and the package data are up to date"
+    )
     args = parser.parse_args()
     if not RESULTS.exists():
         print(f"{RESULTS} does not exist: run the tests first (uv run pytest)", file=sys.stderr)
@@ -159,12 +195,20 @@ def main() -> int:
         _, tail = rest.split(end, 1)
         updated = f"{head}{begin}\n{tables[kind]}\n{end}{tail}"
     table = "\n\n".join(tables.values())
+    data = package_data(results)
     if args.check:
-        if updated != text:
-            print("README.md's support matrix is out of date: run tools/support_matrix.py", file=sys.stderr)
+        stale = [
+            path.relative_to(ROOT).as_posix()
+            for path, content in ((README, updated), (PACKAGE_DATA, data))
+            if not path.exists() or path.read_text() != content
+        ]
+        if stale:
+            print(f"{', '.join(stale)} out of date: run tools/support_matrix.py", file=sys.stderr)
             return 1
         return 0
     README.write_text(updated)
+    PACKAGE_DATA.parent.mkdir(exist_ok=True)
+    PACKAGE_DATA.write_text(data)
     print(table)
     return 0
 

@@ -236,6 +236,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0 if not problems and diff.max_abs <= args.tol else 1
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    """The supported model types, from the registries (every plugin loaded) and the generated
+    support matrix."""
+    import json
+
+    from . import plugins
+    from .supported import format_table, supported_models
+
+    rows = supported_models()
+    for extension in plugins.extensions():
+        if extension.error:
+            print(f"warning: {extension.error}", file=sys.stderr)
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0
+
+
 # ---------------------------------------------------------------------- arguments
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in the form of every other user error: one ``error:`` line
@@ -310,12 +326,51 @@ def _add_layout_args(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+class _Versions(argparse.Action):
+    """``--version``: this package's version and its main dependencies', from the installed
+    distributions' metadata (nothing is imported)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .supported import versions
+
+        print(versions())
+        parser.exit(0)
+
+
+def _add_import_arg(parser: argparse.ArgumentParser, dest: str) -> None:
+    parser.add_argument(
+        "--import",
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="MODULE[:FUNCTION]",
+        help="import MODULE (from the import path, e.g. PYTHONPATH) before the command runs, then call "
+        "FUNCTION if given: a module of yours that calls register_template, register_model or "
+        "registers an HF model with transformers. Repeatable; the ranks a command launches import "
+        "it too",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mcore-adapter",
         description="Convert checkpoints between Hugging Face and Megatron-Core, check a conversion "
         "against transformers, or run the built-in tiny demo.",
+        epilog="Model types beyond the built-in ones come from installed packages that declare an "
+        "'mcore_adapter.plugins' entry point (roll_models does, for internlm2), loaded when needed, "
+        "or from --import MODULE (before or after the command).",
     )
+    parser.add_argument(
+        "--version",
+        action=_Versions,
+        help="print the versions of mcore-adapter, megatron-core, transformers and torch",
+    )
+    _add_import_arg(parser, "imports")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     convert = sub.add_parser(
@@ -414,6 +469,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=None, help="keep the files here instead of a temporary dir")
     demo.add_argument("--tol", type=_positive_float, default=1e-5, help="parity tolerance (default 1e-5)")
     demo.set_defaults(func=cmd_demo)
+
+    listing = sub.add_parser(
+        "list",
+        help="the supported model types: HF architecture, providers, tested layouts",
+        description="Every model type with a conversion template (built in, or registered by a plugin "
+        "or --import): the HF architecture it converts, the package that provides the template and "
+        "the one that provides the HF model, and the parallel layouts at which the parity tests "
+        "compared Megatron's logits with transformers'.",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON list, one object per model type")
+    listing.set_defaults(func=cmd_list)
+    for command in sub.choices.values():  # --import is accepted after the command as well
+        _add_import_arg(command, "command_imports")
     return parser
 
 
@@ -441,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     _configure_output()
     try:
+        from .plugins import import_modules
+
+        import_modules([*args.imports, *args.command_imports])
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -43,10 +43,12 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out: s
     import torch.distributed as dist
 
     from .models.converter.errors import UserError
+    from .plugins import import_modules
 
     # Ranks share the machine's cores: one thread each avoids oversubscription.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
+        import_modules()  # what the launching command imported (--import), as it did
         result = fn(*args)
     except UserError as e:
         with open(Path(out) / f"{rank}.error.pkl", "wb") as f:

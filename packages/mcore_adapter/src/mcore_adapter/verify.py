@@ -23,8 +23,11 @@ def hf_logits(hf_dir: str | os.PathLike, tokens: torch.Tensor, **inputs: Any) ->
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from .models.converter.hf_io import HF_CONFIG_NAME, read_json
+    from .plugins import require_hf_model_type
 
-    vision = "vision_config" in read_json(Path(hf_dir) / HF_CONFIG_NAME)
+    config = read_json(Path(hf_dir) / HF_CONFIG_NAME)
+    require_hf_model_type(config.get("model_type"), str(Path(hf_dir) / HF_CONFIG_NAME))
+    vision = "vision_config" in config
     auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     hf = auto.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():

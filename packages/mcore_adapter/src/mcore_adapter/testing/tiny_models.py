@@ -252,6 +252,9 @@ ZERO_CENTERED_NORMS = ("Qwen3NextRMSNorm", "Qwen3_5RMSNorm", "Qwen3_5MoeRMSNorm"
 def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrides: Any):
     from transformers import AutoConfig
 
+    from ..plugins import require_hf_model_type
+
+    require_hf_model_type(model_type, f"tiny {model_type} model")
     if model_type in TINY_VL_MODELS:
         family = dict(TINY_VL_MODELS[model_type])
         text = {**_VL_TEXT, **family.pop("text_config", {}), **overrides.pop("text_config", {})}

@@ -363,8 +363,14 @@ class Template:
     def transformers_normalized_hf_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
         from transformers import AutoConfig as HFAutoConfig
 
+        from ...plugins import require_hf_model_type
+
         kwargs = {k: v for k, v in hf_config.items() if k != "model_type"}
         model_type = hf_config.get("model_type", self.hf_model_type)
+        # fields the config leaves out take transformers' defaults: its class must be known
+        require_hf_model_type(
+            model_type, f"config.json leaves out fields template {self.hf_model_type!r} reads"
+        )
         return HFAutoConfig.for_model(model_type, **kwargs).to_dict()
 
     def convert_hf_to_mca_config(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -983,7 +989,14 @@ def get_template(hf_model_type: str) -> Template:
     """The template registered for ``hf_model_type``; an unknown type lists the supported ones."""
     _load_builtin_templates()
     template = _TEMPLATES.get(hf_model_type) if isinstance(hf_model_type, str) else None
+    if template is None and isinstance(hf_model_type, str):
+        from ...plugins import load_plugins
+
+        load_plugins()  # an installed package may provide it
+        template = _TEMPLATES.get(hf_model_type)
     if template is None:
+        from ...plugins import failures
+
         shown = (
             repr(hf_model_type)[:60]
             if isinstance(hf_model_type, str) or hf_model_type is None
@@ -992,7 +1005,8 @@ def get_template(hf_model_type: str) -> Template:
         raise UnsupportedModelError(
             f"no conversion template for model_type {shown}; supported: "
             f"{', '.join(sorted(_TEMPLATES))}. Register one with "
-            "mcore_adapter.models.converter.template.register_template(...)"
+            "mcore_adapter.models.converter.template.register_template(...) in a module named by "
+            f"--import or by an 'mcore_adapter.plugins' entry point{failures()}"
         )
     return template
 
