@@ -78,6 +78,9 @@ def quiet_cpu_noise() -> None:
     for message in _CPU_NOISE:
         warnings.filterwarnings("ignore", message=message)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers at import
+    # transformers imports DeepSpeed's integration, whose accelerator detection otherwise logs
+    # "Setting accelerator to CPU" (to stdout) in every process.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,22 @@ def _first_failure(e: CheckpointException, kinds: tuple[type, ...]) -> BaseExcep
     return None
 
 
+# What megatron-core 0.16's torch_dist strategy gets told by torch 2.13 on every load: torch
+# deprecates the calls megatron makes (nothing a user of a checkpoint can act on).
+_INTERNAL_DEPRECATIONS = (
+    r"`load_state_dict` is deprecated and will be removed in future versions",
+    r"Please use DTensor instead and we are deprecating ShardedTensor",
+)
+
+
+@contextlib.contextmanager
+def _without_internal_deprecations() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in _INTERNAL_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
+
+
 def save_dist_checkpoint(sharded_state_dict: dict, checkpoint_dir: Path) -> None:
     """``dist_checkpointing.save`` after checking the space this rank's tensors need (every
     rank sums the job's), with a failed write (a full disk) raised as the rank's own error."""
@@ -176,12 +193,13 @@ def load_dist_checkpoint(sharded_state_dict: dict, checkpoint_dir: Path) -> dict
             f"{str(config.get('sharded_backend'))[:40]!r}; only 'torch_dist' checkpoints are read"
         )
     try:
-        return dist_checkpointing.load(
-            sharded_state_dict,
-            str(checkpoint_dir),
-            sharded_strategy=_SafeShardedLoad(),
-            common_strategy=_SafeCommonLoad(),
-        )
+        with _without_internal_deprecations():
+            return dist_checkpointing.load(
+                sharded_state_dict,
+                str(checkpoint_dir),
+                sharded_strategy=_SafeShardedLoad(),
+                common_strategy=_SafeCommonLoad(),
+            )
     except CheckpointException as e:  # torch wraps what a rank raised in its own exception
         error = _first_failure(e, (UserError,))
         if error is None:
