@@ -117,3 +117,27 @@ def test_bad_deepspeed_requests_are_clear_errors(overrides, message, process_gro
         setattr(args, key, value)
     with pytest.raises(ProviderError, match=message):
         default_model_provider("deepspeed_train", args, is_trainable=True)
+
+
+def test_a_plain_script_gets_a_deepspeed_reference_quietly(tiny_checkpoint, tmp_path):
+    """A user's script, not launched (no RANK/WORLD_SIZE, no mpi4py): deepspeed_infer at the
+    default bf16 forms its own one-process group and prints only what the script prints (DeepSpeed's
+    set-up prints, its accelerator line and transformers' bars would otherwise reach the pipes)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "reference.py"
+    script.write_text(
+        "from roll_models.model_providers import ModelArgs, default_model_provider\n"
+        "if __name__ == '__main__':\n"
+        f"    engine = default_model_provider('deepspeed_infer', ModelArgs({str(tiny_checkpoint('qwen3'))!r}))\n"
+        "    print(type(engine).__name__)\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DS_ACCELERATOR")
+    }
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "DeepSpeedEngine\n", done.stdout
+    assert done.stderr.strip() == "", done.stderr[-2000:]

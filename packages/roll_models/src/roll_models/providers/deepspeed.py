@@ -4,7 +4,11 @@ optionally with gradient checkpointing and LoRA adapters (peft)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from ..model_providers import ModelArgs, ProviderError, check_model_args, load_config
@@ -21,7 +25,11 @@ def _deepspeed():
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # a launcher's job
+            deepspeed.init_distributed(dist_backend=backend)
+        else:  # one process: DeepSpeed itself would look for MPI (mpi4py) to find its ranks
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     if "LOCAL_RANK" not in os.environ:  # DeepSpeed reads it; launchers set it
         if dist.get_world_size() > 1:
             raise ProviderError(
@@ -29,6 +37,19 @@ def _deepspeed():
             )
         os.environ["LOCAL_RANK"] = "0"
     return deepspeed
+
+
+@contextlib.contextmanager
+def _deepspeed_prints() -> Iterator[None]:
+    """DeepSpeed ``print``s its set-up (a C++ op loaded, optimizer memory use) to stdout, which
+    is the caller's; keep it in the ``roll_models`` log at debug level instead."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            yield
+    finally:
+        for line in out.getvalue().splitlines():
+            logging.getLogger(__name__).debug("deepspeed: %s", line)
 
 
 def ds_config(model_args: ModelArgs) -> dict[str, Any]:
@@ -90,9 +111,10 @@ def deepspeed_train(model_args: ModelArgs, is_trainable: bool = True):
         )
     if optimizer is not None:  # the caller's choice: DeepSpeed refuses optimizers it has not tested with ZeRO
         config.setdefault("zero_allow_untested_optimizer", True)
-    engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=params, optimizer=optimizer, config=config
-    )
+    with _deepspeed_prints():
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=params, optimizer=optimizer, config=config
+        )
     return engine
 
 
@@ -105,6 +127,7 @@ def deepspeed_infer(model_args: ModelArgs, is_trainable: bool = False):
     config = ds_config(model_args)
     model = _model(model_args, config, trainable=False)
     model.eval().requires_grad_(False)
-    engine, *_ = deepspeed.initialize(model=model, config=config)
+    with _deepspeed_prints():
+        engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()
     return engine

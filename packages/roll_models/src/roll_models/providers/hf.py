@@ -26,8 +26,12 @@ HEADS = {"value": "AutoModelForTokenClassification", "reward": "AutoModelForSequ
 def auto_class(config: Any, head: str = "lm"):
     """The Auto class that builds this config's model: a value or reward head's class, else
     image-text-to-text for a vision-language config, causal LM otherwise."""
+    import sys
+
     import transformers
 
+    if not sys.stderr.isatty():  # a bar's frames are noise in a log or a pipe
+        transformers.utils.logging.disable_progress_bar()
     if head != "lm":
         if head not in HEADS:
             raise ProviderError(f"head {head!r} is not one of 'lm', {', '.join(map(repr, HEADS))}")
