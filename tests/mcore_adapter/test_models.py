@@ -158,17 +158,21 @@ def test_rope_scaling_parameters_and_sliding_window_matter(megatron, tiny_checkp
     assert diff.relative > CONTROL_RTOL, diff.describe()
 
 
-def test_verify_cli_prints_max_abs_diff_last(megatron, tiny_checkpoint, capsys, monkeypatch):
+def test_verify_cli_prints_its_verdict_last(megatron, tiny_checkpoint, capsys, monkeypatch):
+    """The last line: PASS|FAIL key=value... (test_demo_and_verify.py checks the whole report)."""
     from mcore_adapter.cli import main
+    from mcore_adapter.parity import FP32_RTOL
 
     path = str(tiny_checkpoint("qwen2"))
     assert main(["verify", path]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("max_abs_diff=") and float(last.split("=")[1]) <= PARITY_TOL
+    verdict, *fields = capsys.readouterr().out.strip().splitlines()[-1].split()
+    fields = dict(field.split("=", 1) for field in fields)
+    assert verdict == "PASS" and float(fields["max_rel_diff"]) <= FP32_RTOL
     # A wrong conversion (gate and up swapped) fails with exit status 1.
     monkeypatch.setitem(template_module._TEMPLATES, "qwen2", _with_ops(get_template("qwen2"), _swap_gate_up))
     assert main(["verify", path]) == 1
-    assert float(capsys.readouterr().out.strip().splitlines()[-1].split("=")[1]) > 1.0
+    verdict, *fields = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert verdict == "FAIL" and float(dict(field.split("=", 1) for field in fields)["max_abs_diff"]) > 1.0
 
 
 def test_mca_to_hf_from_torch_dist_through_the_cli(megatron, tiny_checkpoint, tmp_path):

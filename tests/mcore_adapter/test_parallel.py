@@ -261,10 +261,12 @@ def test_verify_cli_launches_the_ranks_itself(tiny_checkpoint, capsys):
     from mcore_adapter.cli import main
 
     path = str(tiny_checkpoint("mistral", True))
+    from mcore_adapter.parity import FP32_RTOL
+
     assert main(["verify", path, "--tp", "2", "--pp", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2] == "layout=tp2pp2"
-    assert lines[-1].startswith("max_abs_diff=") and float(lines[-1].split("=")[1]) <= PARITY_TOL
+    verdict, *fields = capsys.readouterr().out.strip().splitlines()[-1].split()
+    fields = dict(field.split("=", 1) for field in fields)
+    assert verdict == "PASS" and fields["layout"] == "tp2pp2" and float(fields["max_rel_diff"]) <= FP32_RTOL
     # A layout Megatron rejects fails before any rank starts.
     assert main(["verify", path, "--tp", "3"]) == 2
     assert "num_attention_heads=4 is not divisible by tp=3" in capsys.readouterr().err

@@ -124,10 +124,13 @@ def test_model_export_is_bit_exact(mca_model, qwen2_vl, tmp_path):
 
 def test_verify_cli_text_by_default_and_image_on_request(qwen2_vl, megatron, tiny_checkpoint, capsys):
     from mcore_adapter.cli import main
+    from mcore_adapter.parity import FP32_RTOL
 
-    for flags in ([], ["--image"]):
+    for flags, tokens in (([], "2 x 16 random text tokens"), (["--image"], "6 image placeholders")):
         assert main(["verify", str(qwen2_vl), *flags]) == 0
-        last = capsys.readouterr().out.strip().splitlines()[-1]
-        assert float(last.removeprefix("max_abs_diff=")) <= PARITY_TOL
+        out = capsys.readouterr().out
+        assert tokens in next(line for line in out.splitlines() if line.startswith("tokens: "))
+        verdict, *fields = out.strip().splitlines()[-1].split()
+        assert verdict == "PASS" and float(dict(f.split("=", 1) for f in fields)["max_rel_diff"]) <= FP32_RTOL
     assert main(["verify", str(tiny_checkpoint("llama")), "--image"]) == 2
     assert "--image needs a vision-language checkpoint" in capsys.readouterr().err

@@ -186,7 +186,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for _ in source.weights(meta=True):  # every header against the config, before any rank starts
         pass
 
-    from .verify import verify
+    from .verify import describe_tokens, verify
 
     layout_kwargs = {
         "tp": layout.tp,
@@ -198,19 +198,54 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "etp": layout.etp,
     }
     diff = verify(hf_dir, layout_kwargs, args.batch_size, args.seq_len, image=args.image)
-    print(f"layout={layout.describe()}")
-    print(f"max_abs_diff={diff.max_abs:.6g}")
-    return 0 if diff.max_abs <= args.tol else 1
+    tokens = describe_tokens(source.ckpt.config, args.batch_size, args.seq_len, args.image)
+    return 0 if _report_parity(hf_dir, layout, [tokens], diff, args) else 1
+
+
+def _report_parity(hf_dir: Path, layout, inputs: list[str], diff, args: argparse.Namespace) -> bool:
+    """Print what verify compared and what it found, the last line for machines:
+    ``PASS|FAIL max_abs_diff=<g> max_rel_diff=<g> top1_agreement=<g>|n/a rtol=<g> [atol=<g>]
+    layout=<layout> dtype=fp32``. Whether it passed (``--tol``, ``--atol``)."""
+    from .models.converter.hf_io import HF_CONFIG_NAME, read_json
+    from .parity import FP32_RTOL
+    from .verify import hf_model_class, megatron_model_class, output_name
+
+    rtol, atol = FP32_RTOL if args.tol is None else args.tol, args.atol
+    config = read_json(hf_dir / HF_CONFIG_NAME)
+    out = output_name(config)
+    passed = diff.passed(rtol) and (atol is None or diff.max_abs <= atol)
+    print(
+        f"models: transformers {hf_model_class(hf_dir)} (eager attention) vs Megatron-Core "
+        f"{megatron_model_class(config['model_type'])} at {layout.describe()}, both float32"
+    )
+    for text in inputs:
+        print(f"tokens: {text}")
+    print(f"max |diff|: {diff.max_abs:.3g}")
+    print(f"max |diff| / max |{out}|: {diff.relative:.3g} (max |{out}| {diff.scale:.3g})")
+    if diff.top1_agreement is None:
+        print(f"top-1 agreement: n/a (one {out} per {'sequence' if out == 'score' else 'token'})")
+    else:
+        print(f"top-1 agreement: {diff.top1_agreement:.1%} of {diff.positions} positions")
+    bound = f"{rtol:g} of max |{out}| (--tol)" + ("" if atol is None else f" and {atol:g} absolute (--atol)")
+    print(f"tolerance: {bound}")
+    top1 = "n/a" if diff.top1_agreement is None else f"{diff.top1_agreement:.6g}"
+    print(
+        f"{'PASS' if passed else 'FAIL'} max_abs_diff={diff.max_abs:.6g} max_rel_diff={diff.relative:.6g} "
+        f"top1_agreement={top1} rtol={rtol:g}{'' if atol is None else f' atol={atol:g}'} "
+        f"layout={layout.describe()} dtype=fp32"
+    )
+    return passed
+
+
+HEAD_KINDS = {"value": "token classification", "reward": "sequence classification"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """HF -> MCA -> HF on a built-in tiny model, then Megatron vs HF logits."""
+    """A complete tiny checkpoint of a built-in model (with tokenizer), HF -> MCA -> HF, then
+    Megatron vs HF logits."""
     import tempfile
 
     from . import platform
-    from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
-    from .testing import make_tiny_hf_checkpoint
-    from .testing.compare import compare_hf_dirs
     from .testing.tiny_models import TINY_MODELS, TINY_VL_MODELS
 
     tiny = sorted({*TINY_MODELS, *TINY_VL_MODELS})
@@ -219,21 +254,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"--model-type {str(args.model_type)[:40]!r} has no built-in tiny model; choose one of "
             f"{', '.join(tiny)}"
         )
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        what = "a directory that is not empty" if keep.is_dir() else "not a directory"
+        raise UserError(f"--keep {keep} is {what}; give a new or empty directory (nothing is overwritten)")
     platform.quiet_cpu_noise()
-    with tempfile.TemporaryDirectory(prefix="mcore-adapter-demo-") as work:
-        work = Path(args.workdir or work)
-        hf_dir = make_tiny_hf_checkpoint(args.model_type, work / "hf")
-        print(f"tiny {args.model_type} checkpoint: {hf_dir}")
-        report = convert_hf_to_mca(hf_dir, work / "mca", progress=False)
-        print(f"HF -> MCA: {len(report.consumed)} tensors -> {len(report.produced)} Megatron tensors")
-        convert_mca_to_hf(work / "mca", work / "hf_back", progress=False)
-        problems = compare_hf_dirs(hf_dir, work / "hf_back")
-        print("MCA -> HF round trip:", "bit-exact" if not problems else f"MISMATCH {problems}")
-        from .verify import verify
+    from .testing.tiny_models import head_model_types
 
-        diff = verify(hf_dir, {"tp": 1, "pp": 1})
-        print(f"max_abs_diff={diff.max_abs:.6g}")
-        return 0 if not problems and diff.max_abs <= args.tol else 1
+    if args.head and args.model_type not in head_model_types():
+        raise UserError(
+            f"--head {args.head}: transformers has no {HEAD_KINDS[args.head]} model of {args.model_type}; "
+            f"choose a --model-type of {', '.join(head_model_types())}"
+        )
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="mcore-adapter-demo-") as work:
+            print(f"files: {work} (temporary: --keep DIR keeps them)")
+            return _demo(args, Path(work))
+    keep.mkdir(parents=True, exist_ok=True)
+    return _demo(args, keep)
+
+
+def _demo(args: argparse.Namespace, work: Path) -> int:
+    import functools
+
+    from .models.converter.convert import convert_hf_to_mca, convert_mca_to_hf
+    from .models.converter.hf_io import HF_CONFIG_NAME, read_json
+    from .models.converter.layout import ParallelLayout
+    from .testing import make_tiny_demo_checkpoint
+    from .testing.compare import compare_hf_dirs
+    from .verify import describe_tokens, verify
+
+    hf_dir = make_tiny_demo_checkpoint(args.model_type, work / "hf", head=args.head)
+    what = f"{args.head} model on the tiny {args.model_type}" if args.head else f"tiny {args.model_type}"
+    print(f"{what}: {hf_dir} ({', '.join(sorted(p.name for p in hf_dir.iterdir()))})")
+    report = convert_hf_to_mca(hf_dir, work / "mca", progress=False)
+    tensors = f"{len(report.consumed)} tensors -> {len(report.produced)} Megatron tensors"
+    print(f"HF -> MCA: {work / 'mca'} (tp1pp1): {tensors}")
+    convert_mca_to_hf(work / "mca", work / "hf_back", progress=False)
+    problems = compare_hf_dirs(hf_dir, work / "hf_back")
+    print(f"MCA -> HF: {work / 'hf_back'}:", "bit-exact" if not problems else f"MISMATCH {problems}")
+    config = read_json(hf_dir / HF_CONFIG_NAME)
+    prompts = [False, True] if "vision_config" in config else [False]
+    diffs = [verify(hf_dir, {"tp": 1, "pp": 1}, image=image) for image in prompts]
+    diff = functools.reduce(lambda a, b: a.merge(b), diffs)
+    tokens = [describe_tokens(config, 2, 16, image) for image in prompts]
+    passed = _report_parity(hf_dir, ParallelLayout(), tokens, diff, args)
+    return 0 if passed and not problems else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -356,6 +422,23 @@ def _add_import_arg(parser: argparse.ArgumentParser, dest: str) -> None:
     )
 
 
+def _add_tolerance_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tol",
+        type=_positive_float,
+        default=None,  # parity.FP32_RTOL, read when the command runs (parity imports torch)
+        metavar="RTOL",
+        help="largest max |logits diff| relative to max |logit| that passes (default 1e-4, the fp32 "
+        "tolerance: fp32 rounding differs between CPUs and layouts in proportion to the logits' scale)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=_positive_float,
+        default=None,
+        help="also require max |logits diff| <= ATOL (absolute; default: none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mcore-adapter",
@@ -435,8 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="compare Megatron and HF logits for an HF checkpoint",
         description="Build the Megatron model from an HF checkpoint, run it and the transformers model "
-        "(fp32, eager attention) on the same tokens and print max_abs_diff=<float> as the last line; "
-        "exit 1 above --tol. With more than one rank the ranks are launched here (gloo on CPU).",
+        "(both float32, eager attention) on the same tokens and report the models, the tokens, the max "
+        "|logits diff|, that diff relative to max |logit|, top-1 agreement and the tolerance. The last "
+        "line is 'PASS|FAIL max_abs_diff=<float> max_rel_diff=<float> top1_agreement=<float>|n/a "
+        "rtol=<float> [atol=<float>] layout=<layout> dtype=fp32'; exit status 1 on FAIL. A value or "
+        "reward model (token / sequence classification) compares its values or scores. With more than "
+        "one rank the ranks are launched here (gloo on CPU).",
     )
     verify.add_argument(
         "hf_dir",
@@ -445,12 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exported to HF first",
     )
     _add_layout_args(verify, "the layout to build the Megatron model in; tp x pp ranks are launched locally")
-    verify.add_argument(
-        "--tol",
-        type=_positive_float,
-        default=1e-4,
-        help="largest max |logits diff| that passes (default 1e-4)",
-    )
+    _add_tolerance_args(verify)
     verify.add_argument("--batch-size", type=_positive, default=2, help="random token sequences (default 2)")
     verify.add_argument("--seq-len", type=_positive, default=16, help="tokens per sequence (default 16)")
     verify.add_argument(
@@ -462,12 +544,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="round trip and parity on a built-in tiny model (no downloads)",
-        description="HF -> MCA -> HF on a built-in tiny random model (bit-exact check), then verify.",
+        help="a tiny model to try things on: round trip and parity (no downloads)",
+        description="Write a complete tiny random HF checkpoint of a built-in model (config, weights, "
+        "a small tokenizer, generation config; an image processor for vision-language models), "
+        "convert it HF -> MCA -> HF (bit-exact check), then verify it. With --keep DIR the "
+        "checkpoints stay: DIR/hf, DIR/mca (Megatron, tp1pp1) and DIR/hf_back.",
     )
     demo.add_argument("--model-type", default="llama", help="which built-in tiny model (default llama)")
-    demo.add_argument("--workdir", default=None, help="keep the files here instead of a temporary dir")
-    demo.add_argument("--tol", type=_positive_float, default=1e-5, help="parity tolerance (default 1e-5)")
+    demo.add_argument(
+        "--head",
+        choices=["value", "reward"],
+        default=None,
+        help="a value (per-token) or reward (per-sequence) model on the tiny LM: transformers' token / "
+        "sequence classification with one label (default: the language model)",
+    )
+    demo.add_argument(
+        "--keep",
+        "--workdir",  # its old name, deprecated
+        dest="keep",
+        metavar="DIR",
+        default=None,
+        help="keep the checkpoints in DIR (new or empty; --workdir is its deprecated name) instead "
+        "of a temporary directory",
+    )
+    _add_tolerance_args(demo)
     demo.set_defaults(func=cmd_demo)
 
     listing = sub.add_parser(

@@ -1,5 +1,6 @@
 """Logits parity between the Megatron model built from an HF checkpoint and the HF model
-itself (transformers, fp32, eager attention), at any parallel layout."""
+itself (transformers, fp32, eager attention), at any parallel layout. A value or reward model
+(token or sequence classification with one label) compares its values or scores."""
 
 from __future__ import annotations
 
@@ -17,18 +18,61 @@ def random_tokens(vocab_size: int, batch_size: int = 2, seq_len: int = 16, seed:
     return torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
 
 
-def hf_logits(hf_dir: str | os.PathLike, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
-    """The HF model's logits (a vision-language checkpoint through its image-text class; its
-    multimodal inputs, if any, in ``inputs``)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+# The head an HF architecture name ends with -> (transformers' auto class, what its outputs are)
+HEADS = {
+    "ForTokenClassification": ("AutoModelForTokenClassification", "value"),
+    "ForSequenceClassification": ("AutoModelForSequenceClassification", "score"),
+}
 
+
+def hf_auto_class(config: dict[str, Any]):
+    """transformers' auto class for an HF config: a value or reward model's classification
+    class, a vision-language model's image-text class, else the causal LM's."""
+    import transformers
+
+    architecture = (config.get("architectures") or [""])[0]
+    for suffix, (auto, _) in HEADS.items():
+        if architecture.endswith(suffix):
+            return getattr(transformers, auto)
+    if "vision_config" in config:
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM
+
+
+def output_name(config: dict[str, Any]) -> str:
+    """What the compared outputs are: "logit", or a value or reward head's "value" / "score"."""
+    architecture = (config.get("architectures") or [""])[0]
+    return next((name for suffix, (_, name) in HEADS.items() if architecture.endswith(suffix)), "logit")
+
+
+def hf_model_class(hf_dir: str | os.PathLike) -> str:
+    """The name of the transformers class that ``hf_logits`` builds for ``hf_dir``."""
+    from transformers import AutoConfig
+
+    from .models.converter.hf_io import HF_CONFIG_NAME, read_json
+
+    auto = hf_auto_class(read_json(Path(hf_dir) / HF_CONFIG_NAME))
+    return auto._model_mapping[type(AutoConfig.from_pretrained(hf_dir))].__name__
+
+
+def megatron_model_class(model_type: str) -> str:
+    """The name of the model class ``AutoModel`` builds for ``model_type`` (not imported)."""
+    from .models.auto.modeling_auto import _DEFAULT, MODEL_MAPPING
+    from .models.converter.template import get_template
+
+    get_template(model_type)  # registers the family's classes
+    return MODEL_MAPPING.get(model_type, _DEFAULT).rpartition(":")[2]
+
+
+def hf_logits(hf_dir: str | os.PathLike, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """The HF model's logits (or a value or reward head's outputs; a vision-language checkpoint
+    through its image-text class, its multimodal inputs, if any, in ``inputs``)."""
     from .models.converter.hf_io import HF_CONFIG_NAME, read_json
     from .plugins import require_hf_model_type
 
     config = read_json(Path(hf_dir) / HF_CONFIG_NAME)
     require_hf_model_type(config.get("model_type"), str(Path(hf_dir) / HF_CONFIG_NAME))
-    vision = "vision_config" in config
-    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    auto = hf_auto_class(config)
     hf = auto.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         return hf(tokens, **inputs).logits
@@ -42,12 +86,32 @@ def text_vocab_size(config: Any) -> int:
     return min([config.vocab_size, *[i for i in special if i is not None]])
 
 
+def image_grid(vision: dict[str, Any]) -> list[int]:
+    """The synthetic image's patch grid (t, h, w): 2 x 3 merged patches."""
+    merge = int(vision["spatial_merge_size"])
+    return [1, 2 * merge, 3 * merge]
+
+
+def describe_tokens(hf_config: dict[str, Any], batch_size: int, seq_len: int, image: bool) -> str:
+    """The compared input, in words: the random text, or the image prompt of ``image_prompt``."""
+    if not image:
+        return f"{batch_size} x {seq_len} random text tokens (seed 0)"
+    vision = hf_config["vision_config"]
+    t, h, w = image_grid(vision)
+    merged = t * h * w // int(vision["spatial_merge_size"]) ** 2
+    pixels = f"{h * vision['patch_size']} x {w * vision['patch_size']} pixels"
+    return (
+        f"1 x {7 + merged} = 3 random text tokens, vision start, {merged} image placeholders, 3 random "
+        f"text tokens; one random image of {pixels} ({h} x {w} patches)"
+    )
+
+
 def image_prompt(config: Any, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Text, one synthetic image (a 1 x 4 x 6 grid of merged patches' worth of placeholders) and
-    text again, for a vision-language model: the tokens and the multimodal inputs."""
+    """Text, one synthetic image (``image_grid``: 2 x 3 merged patches' worth of placeholders)
+    and text again, for a vision-language model: the tokens and the multimodal inputs."""
     vision = config.vision_config
     merge = int(vision["spatial_merge_size"])
-    grid = [1, 2 * merge, 3 * merge]
+    grid = image_grid(vision)
     patches = grid[0] * grid[1] * grid[2]
     channels = vision.get("in_chans", vision.get("in_channels", 3))
     patch_dim = channels * vision["temporal_patch_size"] * vision["patch_size"] ** 2

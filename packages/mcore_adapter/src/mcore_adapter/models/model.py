@@ -144,6 +144,17 @@ class ScalarHead(torch.nn.Module):
         return torch.nn.functional.linear(hidden_states, self.weight, self.bias), None
 
 
+def _parameters_in(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Every parameter in ``dtype``, as transformers' ``dtype=`` has them. Megatron's local-spec
+    norms (torch's ``RMSNorm`` / ``LayerNorm`` through ``WrappedTorchNorm``) are built in torch's
+    default dtype, not ``params_dtype`` as Transformer Engine's norms and every other module are
+    (Megatron-LM casts the whole model, ``Float16Module``). Buffers keep theirs: rotary tables and
+    the router's expert bias are float32 by design, in transformers too."""
+    for param in module.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
 class McaGPTModel(GPTModel):
     config_class = McaModelConfig
 
@@ -184,6 +195,7 @@ class McaGPTModel(GPTModel):
             self._apply_rope_scaling()
         if config.output_head and self.post_process:
             self.output_layer = ScalarHead(config)
+        _parameters_in(self, config.params_dtype)
 
     def _apply_rope_scaling(self) -> None:
         # Megatron's RotaryEmbedding takes only the factor and fixes low/high freq factors and
@@ -287,6 +299,10 @@ class McaGPTModel(GPTModel):
         initialize_model_parallel()
         if dtype is not None:
             config_overrides["params_dtype"] = dtype
+            # Megatron's half-precision flags, set with params_dtype as Megatron-LM sets them: its
+            # modules read them (attention's softmax upcast to float32, as transformers does it)
+            config_overrides.setdefault("bf16", dtype == torch.bfloat16)
+            config_overrides.setdefault("fp16", dtype == torch.float16)
         config = AutoConfig.from_pretrained(path, **{**model_io.live_layout_kwargs(), **config_overrides})
         models = model_io.build_chunks(cls, config)
         model_io.load_pretrained(models, path)

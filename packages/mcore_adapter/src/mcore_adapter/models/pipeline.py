@@ -16,8 +16,9 @@ from .model_io import dist_converter
 
 
 def forward_logits(models: list, input_ids: torch.Tensor, **kwargs) -> torch.Tensor | None:
-    """Logits ``[b, s, vocab_size]`` (gathered over tensor parallelism, vocab padding removed)
-    on the ranks of the last pipeline stage; ``None`` on the others. Collective."""
+    """Logits ``[b, s, vocab_size]`` (gathered over tensor parallelism, vocab padding removed; a
+    value or reward model's outputs as they are) on the ranks of the last pipeline stage; ``None``
+    on the others. Collective."""
     config = models[0].config
     layout = dist_converter(config).layout
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
@@ -38,4 +39,6 @@ def forward_logits(models: list, input_ids: torch.Tensor, **kwargs) -> torch.Ten
             dist.send(out.contiguous(), group=pp_group, group_dst=layout.chunks[index + 1].pp_rank)
     if layout.chunks[-1].pp_rank != pp_rank:
         return None
+    if config.output_head:  # a value or reward head is whole on every tensor-parallel rank
+        return out
     return gather_from_tensor_model_parallel_region(out)[..., : config.vocab_size]

@@ -3,8 +3,11 @@
 from .tiny_models import (
     MOE_MODELS,
     TINY_MODELS,
+    TINY_TOKEN_IDS,
     TINY_VL_MODELS,
     VL_TOKENS,
+    head_model_types,
+    make_tiny_demo_checkpoint,
     make_tiny_head_checkpoint,
     make_tiny_hf_checkpoint,
     save_with_fused_experts,
@@ -16,8 +19,11 @@ from .tiny_models import (
 __all__ = [
     "MOE_MODELS",
     "TINY_MODELS",
+    "TINY_TOKEN_IDS",
     "TINY_VL_MODELS",
     "VL_TOKENS",
+    "head_model_types",
+    "make_tiny_demo_checkpoint",
     "make_tiny_head_checkpoint",
     "make_tiny_hf_checkpoint",
     "save_with_fused_experts",

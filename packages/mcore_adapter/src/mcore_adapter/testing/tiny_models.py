@@ -244,6 +244,11 @@ TINY_VL_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# Special token ids of every tiny model, inside its vocabulary (a vision-language config's
+# defaults are Qwen's, beyond it); the tiny tokenizer puts its tokens there.
+TINY_TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
+
 # transformers' norms that scale by 1 + weight (zero-centered): their tiny weights are drawn so
 # that the scale is distributed as the other families' weights.
 ZERO_CENTERED_NORMS = ("Qwen3NextRMSNorm", "Qwen3_5RMSNorm", "Qwen3_5MoeRMSNorm")
@@ -257,7 +262,12 @@ def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrid
     require_hf_model_type(model_type, f"tiny {model_type} model")
     if model_type in TINY_VL_MODELS:
         family = dict(TINY_VL_MODELS[model_type])
-        text = {**_VL_TEXT, **family.pop("text_config", {}), **overrides.pop("text_config", {})}
+        text = {
+            **_VL_TEXT,
+            **TINY_TOKEN_IDS,
+            **family.pop("text_config", {}),
+            **overrides.pop("text_config", {}),
+        }
         kwargs = {**family, **VL_TOKENS, "text_config": text}
         return AutoConfig.for_model(
             model_type, **kwargs, tie_word_embeddings=tie_word_embeddings, **overrides
@@ -266,7 +276,13 @@ def tiny_hf_config(model_type: str, tie_word_embeddings: bool = False, **overrid
         raise KeyError(
             f"no tiny model for {model_type!r}; available: {sorted(TINY_MODELS) + sorted(TINY_VL_MODELS)}"
         )
-    kwargs = {**_BASE, **TINY_MODELS[model_type], "tie_word_embeddings": tie_word_embeddings, **overrides}
+    kwargs = {
+        **_BASE,
+        **TINY_TOKEN_IDS,
+        **TINY_MODELS[model_type],
+        "tie_word_embeddings": tie_word_embeddings,
+        **overrides,
+    }
     return AutoConfig.for_model(model_type, **kwargs)
 
 
@@ -419,15 +435,21 @@ def make_tiny_head_checkpoint(
     path: str | os.PathLike,
     seed: int = 1,
     std: float = 0.3,
-    pad_token_id: int = 0,
+    pad_token_id: int = TINY_TOKEN_IDS["pad_token_id"],
 ) -> Path:
     """A value (token classification) or reward (sequence classification) model with one label
     on the decoder of the tiny LM at ``lm_dir``, its head drawn with ``std``, as transformers
     saves it; ``pad_token_id`` is what the reward model pools by."""
     import transformers
+    from transformers.utils import logging as hf_logging
 
     auto = getattr(transformers, HEAD_AUTO_CLASSES[head])
-    model = auto.from_pretrained(lm_dir, num_labels=1, pad_token_id=pad_token_id, dtype=torch.float32)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: lm_head unused, score missing (drawn below)
+    try:
+        model = auto.from_pretrained(lm_dir, num_labels=1, pad_token_id=pad_token_id, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -435,3 +457,38 @@ def make_tiny_head_checkpoint(
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
     model.save_pretrained(path)
     return Path(path)
+
+
+def head_model_types() -> list[str]:
+    """The tiny text models that transformers builds value and reward models of (token and
+    sequence classification classes for their config)."""
+    import transformers
+
+    autos = [getattr(transformers, name) for name in HEAD_AUTO_CLASSES.values()]
+    return [
+        model_type
+        for model_type in TINY_MODELS
+        if all(type(tiny_hf_config(model_type)) in auto._model_mapping for auto in autos)
+    ]
+
+
+def make_tiny_demo_checkpoint(model_type: str, path: str | os.PathLike, head: str | None = None) -> Path:
+    """A complete tiny HF checkpoint at ``path``, as the hub has them: config.json, weights, a
+    tokenizer (``tiny_tokenizer``), generation_config.json (transformers writes none for a value
+    or reward model, which does not generate), and for a vision-language model its image
+    processor. ``head`` ("value" or "reward") puts a one-label head on the tiny LM, as
+    ``make_tiny_head_checkpoint`` does."""
+    import tempfile
+
+    from .tiny_tokenizer import save_tiny_image_processor, save_tiny_tokenizer
+
+    path = Path(path)
+    if head is None:
+        make_tiny_hf_checkpoint(model_type, path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tiny-lm-") as lm:
+            make_tiny_head_checkpoint(make_tiny_hf_checkpoint(model_type, Path(lm) / "hf"), head, path)
+    save_tiny_tokenizer(path)
+    if model_type in TINY_VL_MODELS:
+        save_tiny_image_processor(path)
+    return path
