@@ -161,6 +161,7 @@ def _convert_through_model(
             args.force,
             side_files_from=src,
             moe_grouped_gemm=args.moe_grouped_gemm,
+            desc="torch_dist -> MCA",
         )
 
 
