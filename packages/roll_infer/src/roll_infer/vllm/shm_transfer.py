@@ -43,7 +43,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
-from roll_infer.weight_sync.common import TransferStats, WeightSyncError
+from roll_infer.weight_sync.common import TransferStats, WeightSyncError, consumer_dtypes
 
 from .shm_segment import Segment, open_segment
 
@@ -74,7 +74,9 @@ class SharedMemoryInitInfo(WeightTransferInitInfo):
 @dataclass
 class SharedMemoryUpdateInfo(WeightTransferUpdateInfo):
     """One bucket: where each tensor lies in the segment. ``total`` is how many tensors the whole
-    update has (checked at finish); ``abort`` carries a trainer-side failure."""
+    update has (checked at finish); ``abort`` carries a trainer-side failure. ``path`` names the
+    segment written: the engine refuses a bucket from a trainer whose segment it no longer maps
+    (another trainer initialized the engine since), which it would otherwise read stale."""
 
     names: list[str] = field(default_factory=list)
     dtype_names: list[str] = field(default_factory=list)
@@ -83,6 +85,7 @@ class SharedMemoryUpdateInfo(WeightTransferUpdateInfo):
     nbytes: int = 0
     total: int = 0
     abort: str | None = None
+    path: str = ""
 
     def __post_init__(self) -> None:
         lengths = {len(self.names), len(self.dtype_names), len(self.shapes), len(self.offsets)}
@@ -141,6 +144,11 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
         if info.abort is not None:
             raise WeightSyncError(f"the trainer aborted the weight update: {info.abort}")
         assert self._segment is not None and self._path is not None
+        if info.path != self._path:
+            raise WeightSyncError(
+                f"this update was written to {info.path!r}, but the engine reads {self._path!r}: another "
+                "trainer initialized the engine's weight transfer since; send with the newest trainer"
+            )
         if info.nbytes != self._segment.numel():  # the trainer grew it for a large tensor
             self._segment = open_segment(self._path, info.nbytes)
         dtype = self.model_config.dtype
@@ -161,7 +169,7 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
             if sent.is_floating_point and sent != dtype:
                 raise WeightSyncError(
                     f"{name}: sent as {sent}, but the engine's model is {dtype}; send the weights "
-                    "in the engine's dtype (e.g. McaWeightSource(model, dtype=...))"
+                    "in the engine's dtype (McaWeightSource does so by default, unless given another dtype=)"
                 )
             # A copy: the layerwise reload keeps what it was given until the layer is complete,
             # and the trainer reuses the segment for the next bucket.
@@ -311,6 +319,9 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
         self.bucket_bytes = bucket_bytes
         self.segment: Segment | None = None
         self.last_stats: TransferStats | None = None
+        # The engine's model dtype, where the client can tell it (``LLMWeightSyncClient`` can;
+        # vLLM's HTTP and Ray clients cannot): a source that casts sends in it by default.
+        self.engine_dtype: torch.dtype | None = getattr(client, "model_dtype", None) if is_sender else None
 
     @classmethod
     def trainer_init(
@@ -336,6 +347,11 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
         """One full update round (every trainer rank calls it; rank 0 sends). Returns what was
         sent on the sender. Raises ``WeightSyncError`` naming the failure; the engine is then
         left on its previous weight version (see the module docstring)."""
+        assert self.source is not None
+        with consumer_dtypes(self.source, self.engine_dtype):
+            return self._send(weight_version)
+
+    def _send(self, weight_version: str | None) -> TransferStats | None:
         assert self.source is not None
         meta = self.source.metadata()  # collective for Megatron sources: every rank runs it
         if not self.is_sender:
@@ -369,23 +385,24 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
     def _abort_engine(self, reason: str) -> None:
         assert self.segment is not None
         with contextlib.suppress(Exception):  # the engine raises on an abort, by design
-            self.client.update_weights(
-                asdict(SharedMemoryUpdateInfo(nbytes=self.segment.nbytes, abort=reason))
-            )
+            self.client.update_weights(asdict(self._update_info(abort=reason)))
+
+    def _update_info(self, **fields: Any) -> SharedMemoryUpdateInfo:
+        assert self.segment is not None
+        return SharedMemoryUpdateInfo(nbytes=self.segment.nbytes, path=self.segment.path, **fields)
 
     def _buckets(
         self, pairs: Iterator[tuple[str, torch.Tensor]], meta: list[ParamMeta], stats: TransferStats
     ) -> Iterator[dict[str, Any]]:
         assert self.segment is not None
         segment = self.segment
-        bucket = SharedMemoryUpdateInfo(nbytes=segment.nbytes, total=len(meta))
-        offset = 0
+        bucket, offset = self._update_info(total=len(meta)), 0
         for name, tensor in pairs:
             nbytes = tensor.numel() * tensor.element_size()
             if bucket.names and offset + nbytes > segment.nbytes:
                 stats.buckets += 1
                 yield asdict(bucket)
-                bucket, offset = SharedMemoryUpdateInfo(nbytes=segment.nbytes, total=len(meta)), 0
+                bucket, offset = self._update_info(total=len(meta)), 0
             if nbytes > segment.nbytes:  # one tensor larger than a bucket: grow, tell the engine
                 segment.resize(_align(nbytes))
                 bucket.nbytes = segment.nbytes

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,3 +29,20 @@ class TransferStats:
     @property
     def bytes_per_s(self) -> float:
         return self.bytes / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """One tensor a source will send: what vLLM's ``ParamMeta`` holds, without vLLM."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def consumer_dtypes(source: Any, dtypes: torch.dtype | Mapping[str, torch.dtype] | None):
+    """A context manager telling ``source``, for the pass inside it, the dtype(s) the consumer
+    holds its weights in (one for all, or one per name), if the source can cast to them
+    (``McaWeights.sending_to``); other sources send what they send."""
+    offer = getattr(source, "sending_to", None)
+    return offer(dtypes) if callable(offer) and dtypes is not None else contextlib.nullcontext()

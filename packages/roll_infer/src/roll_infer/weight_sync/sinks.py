@@ -1,10 +1,10 @@
 """Weight-sync sinks that need no engine: an HF model in memory and a safetensors directory.
 
 Both take any weight source with vLLM's two channels (``metadata()`` and iteration), e.g.
-``McaWeightSource``. Both are all or nothing: they check the whole plan before moving a byte,
-check each tensor again as it arrives (exact name, shape and dtype), and a sync that fails at any
-point leaves the model (or the output directory) as it was. They are collectives like the
-source: call them on every trainer rank.
+``McaWeights`` or ``McaWeightSource``; neither imports vLLM. Both are all or nothing: they check
+the whole plan before moving a byte, check each tensor again as it arrives (exact name, shape and
+dtype), and a sync that fails at any point leaves the model (or the output directory) as it was.
+They are collectives like the source: call them on every trainer rank.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .common import TransferStats, WeightSyncError
+from .common import TransferStats, WeightSyncError, consumer_dtypes
 
 
 def _fail(problems: list[str], what: str) -> None:
@@ -49,7 +49,9 @@ def _hf_targets(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def sync_to_hf_model(source: Any, model: torch.nn.Module) -> TransferStats:
     """Copy every weight of ``source`` into ``model`` (a transformers model, any layout of
-    experts) in place. Every tensor of the model must be sent, tied ones once.
+    experts) in place. Every tensor of the model must be sent, tied ones once. A source that
+    casts (``McaWeights``) sends each tensor in the dtype the model holds it in, unless it was
+    given an explicit ``dtype``.
 
     All or nothing, as an engine update is: the plan (``source.metadata()``) is checked against
     the model before anything is written, and then each tensor the source yields is checked
@@ -62,6 +64,11 @@ def sync_to_hf_model(source: Any, model: torch.nn.Module) -> TransferStats:
     overwritten until the sync completes: at most one copy of the model's weights, in host
     memory rather than the model's device."""
     targets = _hf_targets(model)
+    with consumer_dtypes(source, {name: target.dtype for name, target in targets.items()}):
+        return _sync_to_targets(source, model, targets)
+
+
+def _sync_to_targets(source: Any, model: torch.nn.Module, targets: dict[str, torch.Tensor]) -> TransferStats:
     problems, sent = [], set()
     plan = {}
     for meta in source.metadata():
@@ -72,8 +79,8 @@ def sync_to_hf_model(source: Any, model: torch.nn.Module) -> TransferStats:
             problems.append(f"{meta.name}: sent {tuple(meta.shape)}, the model's is {tuple(target.shape)}")
         elif target.dtype != meta.dtype:
             problems.append(
-                f"{meta.name}: sent as {meta.dtype}, the model's is {target.dtype} (a source can cast: "
-                "McaWeightSource(model, dtype=...))"
+                f"{meta.name}: sent as {meta.dtype}, the model's is {target.dtype} (McaWeights sends the "
+                "model's dtypes unless given another dtype=)"
             )
         else:
             sent.add(target.data_ptr() if target.numel() else meta.name)
