@@ -1,6 +1,6 @@
 """roll_models' arguments are checked at the call: a malformed one is an ``ArgumentError`` that
-names it and the value found, raised before any checkpoint is read, any model built or
-megatron / DeepSpeed imported."""
+names it and the value found (a layout larger than the job, a ``ProviderError`` that says how to
+launch), raised before any checkpoint is read, any model built or megatron / DeepSpeed imported."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from roll_models.model_providers import (
     ArgumentError,
     ModelArgs,
+    ProviderError,
     check_model_args,
     check_model_path,
     default_model_provider,
@@ -18,7 +19,8 @@ from roll_models.model_providers import (
     registered_strategies,
 )
 
-HEAVY = ("megatron.core", "deepspeed", "mcore_adapter")
+# mcore_adapter's parallel helpers (torch.distributed only) may answer a megatron provider's check.
+HEAVY = ("megatron.core", "deepspeed", "mcore_adapter.models")
 
 
 @pytest.fixture
@@ -68,6 +70,7 @@ def _zero(stage):
         (_provide("megatron_infer", layout={"tpp": 2}), ArgumentError, "model_args.layout keys", "['tpp']"),
         (_provide("hf_infer", head="critic"), ArgumentError, "model_args.head", "'critic'"),
         (_provide("deepspeed_train", optimizer="adamw"), ArgumentError, "model_args.optimizer", "'adamw'"),
+        (_provide("megatron_train", layout={"tp": 2}), ProviderError, "needs 2 ranks", "world size 1; start one process per rank, e.g. `torchrun --nproc-per-node 2 "),
     ],
     ids=[
         "missing-absolute-path", "missing-relative-path", "hub-id-on-megatron", "dir-without-config",
@@ -77,7 +80,7 @@ def _zero(stage):
         "strategy-empty", "provider-not-callable", "layout-str", "lora-on-megatron",
         "deepspeed-on-megatron", "layout-on-hf-infer", "layout-on-deepspeed", "checkpointing-on-infer",
         "layout-zero", "layout-bool",
-        "layout-unknown-key", "head-unknown", "optimizer-not-callable",
+        "layout-unknown-key", "head-unknown", "optimizer-not-callable", "layout-larger-than-the-job",
     ],
 )  # fmt: skip
 def test_bad_arguments_are_refused_at_the_call(call, error, names, found, ckpt):

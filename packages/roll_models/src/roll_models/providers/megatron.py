@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from ..model_providers import ModelArgs, ProviderError, check_model_args
 from .hf import torch_dtype
 
@@ -12,10 +15,11 @@ def _build(model_args: ModelArgs):
     check_model_args(
         model_args, "megatron", unused=("deepspeed", "lora", "optimizer", "gradient_checkpointing")
     )
+    layout = {k: v for k, v in model_args.layout.items() if v is not None}
+    _check_world_size(layout)
     from mcore_adapter import AutoModel
     from mcore_adapter.parallel import initialize_model_parallel
 
-    layout = {k: v for k, v in model_args.layout.items() if v is not None}
     initialize_model_parallel(**layout)  # keeps a layout the job already initialized
     model = AutoModel.from_pretrained(
         model_args.model_name_or_path, dtype=torch_dtype(model_args.dtype), **model_args.extra
@@ -28,6 +32,29 @@ def _build(model_args: ModelArgs):
             "token or sequence classification with one label)"
         )
     return model
+
+
+def _check_world_size(layout: dict[str, int]) -> None:
+    """Megatron needs a rank per model-parallel slice; a process started on its own is a job of
+    one rank (mcore_adapter forms that group), which Megatron would refuse with a bare
+    "world_size (1) is not divisible by 2". Refused here, before Megatron is imported, with how
+    to launch."""
+    import torch.distributed as dist
+
+    from mcore_adapter.parallel import world_size
+
+    least = world_size(layout.get("tp", 1), layout.get("pp", 1), layout.get("ep", 1), layout.get("etp"))
+    if dist.is_initialized():
+        world = dist.get_world_size()
+    else:  # what mcore_adapter.parallel.init_process_group will join: torchrun's job, or one rank
+        world = int(os.environ["WORLD_SIZE"]) if {"RANK", "WORLD_SIZE"} <= set(os.environ) else 1
+    if world % least:
+        script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "your_script.py"
+        raise ProviderError(
+            f"model_args.layout {layout} needs {least} ranks (or a multiple), but this job has world size "
+            f"{world}; start one process per rank, e.g. `torchrun --nproc-per-node {least} {script}` "
+            "(on CPU the ranks talk over gloo)"
+        )
 
 
 def megatron_train(model_args: ModelArgs, is_trainable: bool = True):
