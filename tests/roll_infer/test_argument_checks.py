@@ -146,6 +146,7 @@ def test_bad_arguments_are_refused_at_the_call(row, user_package, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.vllm
 def test_a_good_registration_checks_without_importing_the_module(user_package):
     from vllm import ModelRegistry
 

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.vllm
+
 
 def test_vllm_discovers_the_entry_point_and_it_registers_everything():
     from vllm import ModelRegistry

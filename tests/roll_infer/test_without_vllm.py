@@ -24,6 +24,7 @@ CODE = textwrap.dedent(
 
     from mcore_adapter import AutoModel
     from mcore_adapter.parallel import initialize_model_parallel
+    from mcore_adapter.parity import assert_logits_close
     from mcore_adapter.testing import make_tiny_hf_checkpoint
     from mcore_adapter.verify import megatron_logits
     from roll_infer.testing import sgd_step_towards_random_targets
@@ -42,7 +43,7 @@ CODE = textwrap.dedent(
         assert (hf(tokens).logits - expected).abs().max() > 1e-2  # the step moved the logits
     sync_to_hf_model(McaWeights(model), hf)
     with torch.no_grad():
-        torch.testing.assert_close(hf(tokens).logits, expected, atol=1e-5, rtol=0)
+        assert_logits_close(hf(tokens).logits, expected)
 
     # bf16 model, fp32 source: each tensor is sent in the model's dtype, the same rounding.
     hf16 = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16).eval()
@@ -63,7 +64,7 @@ CODE = textwrap.dedent(
     sync_to_directory(McaWeights(model), f"{tmp}/out", config=AutoConfig.from_pretrained(hf_dir))
     loaded = AutoModelForCausalLM.from_pretrained(f"{tmp}/out", dtype=torch.float32).eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(tokens).logits, expected, atol=1e-5, rtol=0)
+        assert_logits_close(loaded(tokens).logits, expected)
 
     # The vLLM source says what it needs.
     with pytest.raises(ImportError, match="McaWeightSource is vLLM's WeightSource and needs vLLM"):

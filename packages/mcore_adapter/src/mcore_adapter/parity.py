@@ -33,6 +33,13 @@ CONTROL_RTOL = 30 * FP32_RTOL
 relative to their scale: the margin the tolerance keeps from a wrong conversion."""
 
 
+def logprob_tolerance(logits_scale: float, rtol: float = FP32_RTOL) -> float:
+    """The fp32 tolerance of log-probabilities computed from logits that reach ``logits_scale``:
+    a log-softmax moves by at most twice the largest change of its logits (the logit itself and
+    the log-sum-exp, each by at most that change), so ``FP32_RTOL`` carries over as this."""
+    return 2 * rtol * logits_scale
+
+
 @dataclass(frozen=True)
 class LogitsDiff:
     """How ``actual`` logits differ from ``reference`` ones (over every position compared)."""

