@@ -10,7 +10,7 @@ This is the one module that relies on how transformers (5.16-5.19) uses what its
 hold: ``CONFIG_MAPPING``'s values are called (``AutoConfig.for_model``) or asked for attributes
 (``from_dict``, ``__module__``); an Auto model mapping's values are asked for attributes
 (``from_pretrained``, ``_from_config``, ``config_class``, ``__module__``), never type-checked.
-tests/roll_models/test_internlm2.py loads models through every one of these paths.
+tests/roll_models/test_lazy_registration.py loads models through every one of these paths.
 """
 
 from __future__ import annotations
