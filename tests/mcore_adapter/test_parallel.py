@@ -193,7 +193,9 @@ def _run(world: int, tiny_checkpoint, tmp_path_factory, record_layout) -> dict[s
 def _problems(r: dict) -> list[str]:
     problems = []
     if not r["logits_diff"].passed():  # fp32; the reductions' order differs by layout
-        problems.append(f"logits differ from transformers beyond {FP32_RTOL:g}: {r['logits_diff'].describe()}")
+        problems.append(
+            f"logits differ from transformers beyond {FP32_RTOL:g}: {r['logits_diff'].describe()}"
+        )
     if r["torch_format_vs_hf_load"] != 0.0:
         problems.append(
             f"loading the offline rank files changed the logits by {r['torch_format_vs_hf_load']:.3g}"
