@@ -25,7 +25,7 @@ from mcore_adapter.models.converter.mca_io import McaCheckpointMeta
 # The CLI, with each rank-file write slowed down and announced, so that a signal reliably lands
 # while tensors are being written.
 SLOW_CONVERT = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from mcore_adapter.models.converter import mca_io
 from mcore_adapter.cli import main
@@ -38,6 +38,9 @@ def slow_write(self, *args):
     return write(self, *args)
 
 mca_io.TorchRankWriter.write = slow_write
+# A suite started in the background (nohup, `cmd &`) hands its children SIGINT ignored, and
+# Python then leaves it ignored: restore what an interactive user's process has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.exit(main(sys.argv[2:]))
 """
 
