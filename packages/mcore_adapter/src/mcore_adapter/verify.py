@@ -198,7 +198,7 @@ def models_config(models: Any):
 
 def verify_rank(
     hf_dir: str, layout: dict[str, Any], batch_size: int, seq_len: int, seed: int, image: bool = False
-) -> float:
+) -> LogitsDiff:
     """One rank of ``mcore-adapter verify``: build the model at ``layout`` and compare."""
     from . import AutoModel
     from .parallel import initialize_model_parallel
