@@ -19,7 +19,7 @@ import torch
 
 from mcore_adapter import plugins, supported
 from mcore_adapter.cli import main
-from mcore_adapter.models.converter import template
+from mcore_adapter.models.converter import registry as template
 from mcore_adapter.models.converter.errors import UnsupportedModelError
 from mcore_adapter.testing.compare import compare_hf_dirs
 

@@ -30,7 +30,7 @@ def result(out: str) -> tuple[str, dict[str, str]]:
 
 def swap_gate_and_up(monkeypatch, model_type: str) -> None:
     """A wrong conversion (the control): the MLP's gate and up projections swapped."""
-    from mcore_adapter.models.converter import template as template_module
+    from mcore_adapter.models.converter import registry as template_module
     from mcore_adapter.models.converter.template import StackConverOp, get_template
 
     template = get_template(model_type)

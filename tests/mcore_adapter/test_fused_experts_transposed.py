@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mcore_adapter.models.converter import template as template_module
+from mcore_adapter.models.converter import registry as template_module
 from mcore_adapter.models.converter.convert import McaTorchSource, convert_hf_to_mca, convert_mca_to_hf
 from mcore_adapter.models.converter.errors import CheckpointError
 from mcore_adapter.models.converter.fused_experts import FUSED, FUSED_TRANSPOSED, FusedExperts

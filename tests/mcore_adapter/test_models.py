@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcore_adapter.models.converter import template as template_module
+from mcore_adapter.models.converter import registry as template_module
 from mcore_adapter.models.converter.convert import convert_hf_to_mca
 from mcore_adapter.models.converter.template import (
     ConcatConverOp,

@@ -13,7 +13,7 @@ from mcore_adapter.models.auto import config_auto, modeling_auto
 from mcore_adapter.models.auto.config_auto import register_config
 from mcore_adapter.models.auto.modeling_auto import register_model
 from mcore_adapter.models.common import VISION_CONFIG_HF_TO_MCA
-from mcore_adapter.models.converter import template as template_module
+from mcore_adapter.models.converter import registry as template_module
 from mcore_adapter.models.converter.template import (
     QKVBiasConverOp,
     QKVConverOp,

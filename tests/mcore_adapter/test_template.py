@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mcore_adapter.models.converter import template as template_module
+from mcore_adapter.models.converter import registry as template_module
 from mcore_adapter.models.converter.template import (
     TOKEN_ID_FIELDS,
     ConversionError,

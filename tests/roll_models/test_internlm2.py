@@ -165,7 +165,7 @@ def test_megatron_matches_with_linear_rope_and_refuses_dynamic_ntk(megatron, tmp
 def test_megatron_parity_notices_an_ungrouped_wqkv(megatron, tmp_path, monkeypatch):
     """Control for the template: reading wqkv as [all q; all k; all v] moves the logits."""
     from mcore_adapter import AutoModel
-    from mcore_adapter.models.converter import template as template_module
+    from mcore_adapter.models.converter import registry as template_module
     from mcore_adapter.models.converter.ops import QKVConverOp, RenameConverOp
     from mcore_adapter.models.converter.template import get_template
 

@@ -36,7 +36,7 @@ from .atomic import check_free_space, check_output_dir, staged_output_dir
 from .buffers import Scratch
 from .config_check import check_counts_against_tensors
 from .dist_converter import GATED_COLUMN, POST_PROCESS_PREFIXES, REPLICATED, ROW, VOCAB, DistConverter
-from .errors import UserError
+from .errors import ConversionError, UserError
 from .fused_experts import EXPERT_LAYOUTS, FUSED_TRANSPOSED, PER_EXPERT
 from .hf_io import (
     HF_CONFIG_NAME,
@@ -47,6 +47,7 @@ from .hf_io import (
     write_json,
 )
 from .layout import ParallelLayout, RankFile
+from .mapper import ConversionReport
 from .mca_io import (
     MCA_CONFIG_NAME,
     TRACKER_NAME,
@@ -57,8 +58,9 @@ from .mca_io import (
     iteration_dir,
     layout_rank_file,
 )
+from .registry import get_template
 from .shapes import Problems, ShapeCheck, describe
-from .template import ConversionError, ConversionReport, Template, get_template
+from .spec import Template
 
 # Files a conversion writes itself; every other top-level non-weight file travels along.
 _WRITTEN_BY_CONVERSION = {HF_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, MCA_CONFIG_NAME, TRACKER_NAME}

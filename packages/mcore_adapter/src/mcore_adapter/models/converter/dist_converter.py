@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 
+from .errors import ConversionError
 from .layout import DEFAULT_VOCAB_DIVISOR, Chunk, ParallelLayout, RankFile, padded_vocab_size
+from .names import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, MTP_LAYER_PREFIX
 from .ops import cat
 from .shapes import expert_pattern
-from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, MTP_LAYER_PREFIX, ConversionError, Template
+from .spec import Template
 
 COLUMN, ROW, GATED_COLUMN, VOCAB, REPLICATED = "column", "row", "gated_column", "vocab", "replicated"
 # Gated DeltaNet's fused projections: consecutive parts (sizes from the config, see

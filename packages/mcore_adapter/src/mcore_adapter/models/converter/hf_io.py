@@ -69,7 +69,7 @@ class HFCheckpoint:
             self._unfold_experts()
 
     def _unfold_experts(self) -> None:
-        from .template import get_template
+        from .registry import get_template
 
         fused = get_template(self.config.get("model_type")).fused_experts(self.config)
         if not fused:

@@ -25,10 +25,12 @@ import torch
 
 from .buffers import Scratch
 from .config_check import check_config_values
+from .config_map import ARCH_FIELDS, as_json
+from .errors import ConversionError
 from .fused_experts import EXPERT_LAYOUTS, PER_EXPERT
 from .hf_io import CheckpointError, read_json, write_json
 from .layout import LAYOUT_FIELDS, LayoutError, ParallelLayout, RankFile
-from .template import ARCH_FIELDS, ConversionError, as_json, get_template
+from .registry import get_template
 from .untrusted import load_weights_only, open_regular
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv

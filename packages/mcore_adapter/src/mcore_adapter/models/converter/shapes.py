@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from .errors import ConversionError
+from .names import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, layer_kinds
 from .ops import DropConverOp, name_pattern
-from .template import MCA_EXPERT_PREFIX, MCA_OUTPUT_LAYER, Template, layer_kinds
+from .spec import Template
 
 Shape = tuple[int, ...]
 
