@@ -104,7 +104,7 @@ def diff_with_hf(mca_model, hf_model, batch) -> LogitsDiff:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_match_transformers(case, model_type, hf_model, mca_model, record_layout):
-    from mcore_adapter.models.qwen3_vl.deepstack import DeepstackTransformerBlock
+    from mcore_adapter.models.deepstack import DeepstackTransformerBlock
 
     assert isinstance(mca_model.decoder, DeepstackTransformerBlock) is (model_type in DEEPSTACK)
     diff = diff_with_hf(mca_model, hf_model, inputs(case))
@@ -115,7 +115,7 @@ def test_logits_match_transformers(case, model_type, hf_model, mca_model, record
 @pytest.mark.parametrize("model_type", DEEPSTACK, indirect=True)
 def test_without_deepstack_the_logits_move(model_type, hf_model, mca_model, monkeypatch):
     """Control: the features added after the first layers matter (and only they are left out)."""
-    from mcore_adapter.models.qwen3_vl.deepstack import Deepstack
+    from mcore_adapter.models.deepstack import Deepstack
 
     batch = inputs("one image")
     monkeypatch.setattr(Deepstack, "add", lambda self, layer, hidden: hidden)

@@ -58,11 +58,9 @@ def hf_model_class(hf_dir: str | os.PathLike) -> str:
 
 def megatron_model_class(model_type: str) -> str:
     """The name of the model class ``AutoModel`` builds for ``model_type`` (not imported)."""
-    from .models.auto.modeling_auto import _DEFAULT, MODEL_MAPPING
-    from .models.converter.template import get_template
+    from .models.auto.modeling_auto import model_class_ref
 
-    get_template(model_type)  # registers the family's classes
-    return MODEL_MAPPING.get(model_type, _DEFAULT).rpartition(":")[2]
+    return model_class_ref(model_type).rpartition(":")[2]
 
 
 def hf_logits(hf_dir: str | os.PathLike, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:

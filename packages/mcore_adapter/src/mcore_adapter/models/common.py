@@ -1,11 +1,34 @@
 """Building blocks shared by the GPT-style families: the config table and op list of a dense
-decoder (RMSNorm, rope, SwiGLU, grouped-query attention). A family template takes these and
+decoder (RMSNorm, rope, SwiGLU, grouped-query attention), and ``derive``, which builds a
+family's ``register_template`` arguments from a base's. A family template takes these and
 states only its own differences."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from .converter.config_map import DerivedField
 from .converter.ops import ConverOp, QKVBiasConverOp, QKVConverOp, RenameConverOp, StackConverOp
-from .converter.template import DerivedField
+
+# In ``derive``'s changes: remove this key from the base's table.
+DROP: Any = type("Drop", (), {"__repr__": lambda self: "DROP"})()
+
+
+def derive(base: Mapping[str, Any], *layers: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """``register_template`` arguments: ``base``'s, with each of ``layers`` and then ``changes``
+    applied in turn. A table (a dict argument such as ``config_hf_to_mca`` or
+    ``hf_config_defaults``) is merged into the one before, a key given ``DROP`` removed; any
+    other argument (ops, prefixes, key lists) replaces the one before."""
+    out = dict(base)
+    for layer in (*layers, changes):
+        for key, value in layer.items():
+            if isinstance(value, Mapping):
+                merged = {**out[key], **value} if isinstance(out.get(key), Mapping) else value
+                value = {k: v for k, v in merged.items() if v is not DROP}
+            out[key] = value
+    return out
+
 
 DENSE_CONFIG_HF_TO_MCA: dict[str, str] = {
     "hidden_size": "hidden_size",
@@ -102,16 +125,44 @@ def attention_ops(qkv_bias: bool = False, qk_norm: bool | str = False) -> list[C
     return ops
 
 
-def dense_weight_converters(qkv_bias: bool | str = False, qk_norm: bool = False) -> list[ConverOp]:
-    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names);
-    ``qkv_bias`` may name the Megatron field that turns the q/k/v biases on."""
+def dense_mlp_layer_ops() -> list[ConverOp]:
+    """A llama-style SwiGLU MLP with its input norm fused into ``linear_fc1`` (TE names)."""
     return [
-        *global_ops(),
-        *attention_ops(qkv_bias, qk_norm),
         RenameConverOp(".post_attention_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"),
         StackConverOp([".mlp.gate_proj.weight", ".mlp.up_proj.weight"], ".mlp.linear_fc1.weight", dim=0),
         RenameConverOp(".mlp.down_proj.weight", ".mlp.linear_fc2.weight"),
     ]
+
+
+def dense_weight_converters(qkv_bias: bool | str = False, qk_norm: bool = False) -> list[ConverOp]:
+    """Ops of a llama-style decoder (``model.layers.N`` prefix, Megatron TE-style names);
+    ``qkv_bias`` may name the Megatron field that turns the q/k/v biases on."""
+    return [*global_ops(), *attention_ops(qkv_bias, qk_norm), *dense_mlp_layer_ops()]
+
+
+# What every decoder family of the hub's llama layout shares: its layers under model.layers.N,
+# and the rotary caches old exports carry.
+DECODER_TEMPLATE: dict[str, Any] = {
+    "hf_layer_prefix": "model.layers.",
+    "hf_invalid_keys": ROTARY_INV_FREQ_KEYS,
+}
+
+# A llama-style dense decoder (its ops, which a template owns, come from dense_template); a
+# dense family derives its template from this one.
+DENSE_TEMPLATE: dict[str, Any] = {
+    **DECODER_TEMPLATE,
+    "config_hf_to_mca": DENSE_CONFIG_HF_TO_MCA,
+    "constant_mca_config": DENSE_CONSTANT_MCA_CONFIG,
+    "hf_config_expect": DENSE_HF_CONFIG_EXPECT,
+    "hf_config_defaults": dense_hf_config_defaults(),
+}
+
+
+def dense_template(model_type: str, architecture: str, **changes: Any) -> dict[str, Any]:
+    """``register_template`` arguments of a llama-style dense family: ``DENSE_TEMPLATE`` with its
+    own differences (see ``derive``); the ops are ``dense_weight_converters()`` unless given."""
+    changes.setdefault("weight_converters", dense_weight_converters())
+    return derive(DENSE_TEMPLATE, hf_model_type=model_type, hf_architecture=architecture, **changes)
 
 
 # Vision-language models of the Qwen2-VL family: the Qwen2 decoder's fields under text_config,
@@ -139,28 +190,27 @@ VISION_CONFIG_HF_TO_MCA: dict[str, str] = {
 }
 
 
-def qwen_vl_template(model_type: str, architecture: str) -> dict[str, object]:
+def qwen_vl_template(model_type: str, architecture: str) -> dict[str, Any]:
     """``register_template`` arguments of the Qwen2-VL family: the Qwen2 decoder's ops (hub
     names: model.layers.N, lm_head) with multimodal rope, and the vision tower's weights moved
     whole from ``visual.`` to the model's ``vision_model.``. The towers of Qwen2-VL and
     Qwen2.5-VL differ only inside, which conversion does not see."""
-    return {
-        "hf_model_type": model_type,
-        "config_hf_to_mca": VISION_CONFIG_HF_TO_MCA,
-        "weight_converters": [
+    return derive(
+        DECODER_TEMPLATE,
+        hf_model_type=model_type,
+        config_hf_to_mca=VISION_CONFIG_HF_TO_MCA,
+        weight_converters=[
             *dense_weight_converters(qkv_bias=True),
             RenameConverOp("visual.{}", "vision_model.{}"),
         ],
-        "hf_layer_prefix": "model.layers.",
-        "constant_mca_config": {
+        constant_mca_config={
             **DENSE_CONSTANT_MCA_CONFIG,
             "add_qkv_bias": True,
             "position_embedding_type": "mrope",
         },
-        "hf_invalid_keys": ROTARY_INV_FREQ_KEYS,
-        "hf_config_expect": {"text_config.hidden_act": "silu", "text_config.use_sliding_window": False},
-        "hf_architecture": architecture,
-    }
+        hf_config_expect={"text_config.hidden_act": "silu", "text_config.use_sliding_window": False},
+        hf_architecture=architecture,
+    )
 
 
 def in_text_config(derived: DerivedField) -> DerivedField:

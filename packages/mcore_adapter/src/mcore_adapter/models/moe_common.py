@@ -9,13 +9,15 @@ expert layer keeps its MLP norm as ``pre_mlp_layernorm`` (a dense layer fuses it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import DENSE_CONFIG_HF_TO_MCA
+from .common import DENSE_CONFIG_HF_TO_MCA, dense_template, derive
+from .converter.config_map import DerivedField
 from .converter.errors import ConversionError
+from .converter.names import MCA_EXPERT_PREFIX
 from .converter.ops import ConverOp, RenameConverOp, StackConverOp
-from .converter.template import MCA_EXPERT_PREFIX, DerivedField, Template
+from .converter.spec import Template
 
 # Routing fields every MoE family states the same way.
 MOE_CONFIG_HF_TO_MCA: dict[str, str] = {
@@ -248,8 +250,38 @@ def deepseek_mlp_ops() -> list[ConverOp]:
 
 
 # register_template arguments DeepSeek-V3 and GLM-4.5 share besides their ops.
-DEEPSEEK_MOE_TEMPLATE: dict[str, Any] = {
+# What a family with experts adds to its decoder's template (``derive``'s layer).
+MOE_TEMPLATE: dict[str, Any] = {
+    "config_hf_to_mca": MOE_CONFIG_HF_TO_MCA,
+    "constant_mca_config": MOE_CONSTANT_MCA_CONFIG,
     "hf_fused_experts": fused_experts_table(),
+}
+
+
+def moe_template(
+    model_type: str, architecture: str, *layers: Mapping[str, Any], **changes: Any
+) -> dict[str, Any]:
+    """``register_template`` arguments of a llama-style decoder with experts: ``dense_template``
+    with ``MOE_TEMPLATE``, ``layers`` (e.g. ``QWEN_MOE_TEMPLATE``) and the family's own
+    differences (see ``derive``)."""
+    return derive(dense_template(model_type, architecture), MOE_TEMPLATE, *layers, **changes)
+
+
+# Qwen's sparse layers (Qwen1.5/2-MoE, Qwen3-MoE, Qwen3-Next): every decoder_sparse_step-th
+# layer not in mlp_only_layers has experts (by default all), the top-k softmax renormalized or
+# not (norm_topk_prob).
+QWEN_MOE_TEMPLATE: dict[str, Any] = {
+    "hf_config_defaults": {"decoder_sparse_step": 1, "mlp_only_layers": []},
+    "config_derived": QWEN_MOE_DERIVED,
+}
+
+# DeepSeek-V3's MoE (also GLM-4.5's): sigmoid routing, shared experts, first_k_dense_replace
+# dense layers first, MTP layers repeating the embedding and head.
+DEEPSEEK_MOE_TEMPLATE: dict[str, Any] = {
+    **MOE_TEMPLATE,
+    "config_hf_to_mca": {**MOE_CONFIG_HF_TO_MCA, **SIGMOID_ROUTING_HF_TO_MCA},
+    "constant_mca_config": {**MOE_CONSTANT_MCA_CONFIG, **SIGMOID_ROUTING_CONSTANTS},
+    "hf_config_expect": SIGMOID_ROUTING_EXPECT,
     "mtp_shared_copies": MTP_SHARED_COPIES,
     "config_derived": SIGMOID_ROUTING_DERIVED,
 }

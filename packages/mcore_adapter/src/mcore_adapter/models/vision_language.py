@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import platform
-from .auto.config_auto import _import
+from ..registry import load_object
 from .converter.errors import ConversionError
 from .model import McaGPTModel
 from .model_config import McaModelConfig
@@ -64,7 +64,7 @@ class VisionLanguageModel(McaGPTModel):
 
         vision = dict(config.vision_config or {})
         vision_config = AutoConfig.for_model(vision.pop("model_type"), **vision)
-        tower = _import(cls.vision_tower_class)
+        tower = load_object(cls.vision_tower_class)
         attention = config.vision_attn_implementation or ("sdpa" if platform.has_cuda() else "eager")
         return tower._from_config(vision_config, attn_implementation=attention, dtype=config.params_dtype)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ...registry import load_object, object_ref
 from ..converter.config_check import check_counts_against_tensors
 from ..converter.hf_io import HF_CONFIG_NAME, read_json
 from ..converter.mca_io import McaCheckpointMeta, is_mca_dir
@@ -12,14 +13,7 @@ from ..converter.template import get_template
 
 # model_type -> "module:Class" of its config class; types not listed use McaModelConfig.
 CONFIG_MAPPING: dict[str, str] = {}
-_DEFAULT = "mcore_adapter.models.model_config:McaModelConfig"
-
-
-def _import(ref: str) -> Any:
-    import importlib
-
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+DEFAULT_CONFIG_CLASS = "mcore_adapter.models.model_config:McaModelConfig"
 
 
 def register_class(mapping: dict[str, str], hf_model_type: str, cls: str | type, overwrite: bool) -> None:
@@ -28,16 +22,21 @@ def register_class(mapping: dict[str, str], hf_model_type: str, cls: str | type,
         raise ValueError(
             f"{mapping[hf_model_type]} is already registered for {hf_model_type!r}; pass overwrite=True"
         )
-    mapping[hf_model_type] = cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+    mapping[hf_model_type] = cls if isinstance(cls, str) else object_ref(cls)
 
 
 def register_config(hf_model_type: str, config_class: str | type, overwrite: bool = False) -> None:
     register_class(CONFIG_MAPPING, hf_model_type, config_class, overwrite)
 
 
-def config_class_for(hf_model_type: str) -> type:
+def config_class_ref(hf_model_type: str) -> str:
+    """The "module:Class" of ``hf_model_type``'s config class (not imported)."""
     get_template(hf_model_type)  # an unsupported type fails here, listing the supported ones
-    return _import(CONFIG_MAPPING.get(hf_model_type, _DEFAULT))
+    return CONFIG_MAPPING.get(hf_model_type, DEFAULT_CONFIG_CLASS)
+
+
+def config_class_for(hf_model_type: str) -> type:
+    return load_object(config_class_ref(hf_model_type))
 
 
 class AutoConfig:

@@ -1,3 +1,6 @@
-"""The `deepseek_v3` family: conversion template."""
+"""DeepSeek-V3: multi-latent attention, sigmoid routing, MTP; the model is McaGPTModel."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

@@ -1,3 +1,6 @@
-"""The `glm4_moe` family: conversion template."""
+"""GLM-4.5: DeepSeek-V3's routing over grouped-query attention; the model is McaGPTModel."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

@@ -1,3 +1,6 @@
-"""The `internlm2` family: conversion template (the HF implementation is roll_models')."""
+"""InternLM2: a llama-like decoder under its own names (the HF implementation is roll_models'); the model is McaGPTModel."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

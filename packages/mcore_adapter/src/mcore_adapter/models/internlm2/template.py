@@ -3,14 +3,16 @@ key/value head, the query heads, then the key, then the value: Megatron's ``line
 so it converts as it is. The HF implementation is roll_models' (transformers ships none)."""
 
 from ..common import (
+    DECODER_TEMPLATE,
     DENSE_CONFIG_HF_TO_MCA,
     DENSE_CONSTANT_MCA_CONFIG,
     DENSE_HF_CONFIG_EXPECT,
+    derive,
     derived_head_dim,
 )
 from ..converter.errors import ConversionError
 from ..converter.ops import RenameConverOp, StackConverOp
-from ..converter.template import Template, register_template
+from ..converter.spec import Template
 
 
 class InternLM2Template(Template):
@@ -38,8 +40,9 @@ class InternLM2Template(Template):
         return {"rope_type": "default"} if not factor else {"rope_type": "linear", "factor": factor}
 
 
-register_template(
-    "internlm2",
+TEMPLATE = derive(
+    DECODER_TEMPLATE,
+    hf_model_type="internlm2",
     # The dense table but attention_dropout, which hub configs of InternLM2 do not state.
     config_hf_to_mca={k: v for k, v in DENSE_CONFIG_HF_TO_MCA.items() if k != "attention_dropout"},
     weight_converters=[
@@ -53,7 +56,6 @@ register_template(
         StackConverOp([".feed_forward.w1.weight", ".feed_forward.w3.weight"], ".mlp.linear_fc1.weight"),
         RenameConverOp(".feed_forward.w2.weight", ".mlp.linear_fc2.weight"),
     ],
-    hf_layer_prefix="model.layers.",
     constant_mca_config=DENSE_CONSTANT_MCA_CONFIG,
     hf_invalid_keys=[".attention.rotary_emb.inv_freq"],
     # `bias` adds biases to wqkv and wo alike; Megatron's add_qkv_bias covers wqkv only.

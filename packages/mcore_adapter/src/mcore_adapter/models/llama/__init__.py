@@ -1,3 +1,6 @@
-"""The `llama` family: conversion template."""
+"""The `llama` family: a dense decoder, converted by its template (Llama on McaGPTModel)."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

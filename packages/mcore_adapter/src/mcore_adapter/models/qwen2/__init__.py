@@ -1,3 +1,6 @@
-"""The `qwen2` family: conversion template."""
+"""The `qwen2` family: a dense decoder, converted by its template (Qwen2 on McaGPTModel)."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

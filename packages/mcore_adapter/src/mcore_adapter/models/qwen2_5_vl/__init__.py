@@ -1,8 +1,10 @@
-"""Qwen2.5-VL: template and model class (registered lazily with AutoConfig / AutoModel)."""
+"""Qwen2.5-VL: the vision-language base with a window-attention tower: template and model class (imported when first built)."""
 
-from ..auto.config_auto import register_config
-from ..auto.modeling_auto import register_model
-from . import template  # noqa: F401  (registers the conversion template)
+from ..family import register_family
+from .template import TEMPLATE
 
-register_config("qwen2_5_vl", "mcore_adapter.models.qwen2_5_vl.model:Qwen2_5_VLConfig")
-register_model("qwen2_5_vl", "mcore_adapter.models.qwen2_5_vl.model:Qwen2_5_VLModel")
+register_family(
+    TEMPLATE,
+    config_class="mcore_adapter.models.qwen2_5_vl.model:Qwen2_5_VLConfig",
+    model_class="mcore_adapter.models.qwen2_5_vl.model:Qwen2_5_VLModel",
+)

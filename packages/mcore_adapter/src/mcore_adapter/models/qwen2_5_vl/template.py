@@ -2,6 +2,5 @@
 does not see: the tower's weights move whole)."""
 
 from ..common import qwen_vl_template
-from ..converter.template import register_template
 
-register_template(**qwen_vl_template("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"))
+TEMPLATE = qwen_vl_template("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration")

@@ -1,3 +1,6 @@
-"""The `qwen2_moe` family: conversion template."""
+"""Qwen2-MoE: experts with a gated shared expert; the model is McaGPTModel."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

@@ -1,9 +1,10 @@
-"""Qwen2-VL: template, model class (registered lazily with AutoConfig / AutoModel) and the
-multimodal rope positions (``rope_index``)."""
+"""Qwen2-VL: the vision-language base (multimodal rope positions in ``rope_index``): template and model class (imported when first built)."""
 
-from ..auto.config_auto import register_config
-from ..auto.modeling_auto import register_model
-from . import template  # noqa: F401  (registers the conversion template)
+from ..family import register_family
+from .template import TEMPLATE
 
-register_config("qwen2_vl", "mcore_adapter.models.qwen2_vl.model:Qwen2VLConfig")
-register_model("qwen2_vl", "mcore_adapter.models.qwen2_vl.model:Qwen2VLModel")
+register_family(
+    TEMPLATE,
+    config_class="mcore_adapter.models.qwen2_vl.model:Qwen2VLConfig",
+    model_class="mcore_adapter.models.qwen2_vl.model:Qwen2VLModel",
+)

@@ -3,6 +3,5 @@ transformers vision tower, kept whole under ``vision_model.`` (replicated over t
 parallelism, on the first pipeline stage)."""
 
 from ..common import qwen_vl_template
-from ..converter.template import register_template
 
-register_template(**qwen_vl_template("qwen2_vl", "Qwen2VLForConditionalGeneration"))
+TEMPLATE = qwen_vl_template("qwen2_vl", "Qwen2VLForConditionalGeneration")

@@ -1,8 +1,10 @@
-"""Qwen3.5: template and model class (registered lazily with AutoConfig / AutoModel)."""
+"""Qwen3.5: Qwen3-VL's rope over Qwen3-Next's hybrid decoder: template and model class (imported when first built)."""
 
-from ..auto.config_auto import register_config
-from ..auto.modeling_auto import register_model
-from . import template  # noqa: F401  (registers the conversion template)
+from ..family import register_family
+from .template import TEMPLATE
 
-register_config("qwen3_5", "mcore_adapter.models.qwen3_5.model:Qwen3_5Config")
-register_model("qwen3_5", "mcore_adapter.models.qwen3_5.model:Qwen3_5Model")
+register_family(
+    TEMPLATE,
+    config_class="mcore_adapter.models.qwen3_5.model:Qwen3_5Config",
+    model_class="mcore_adapter.models.qwen3_5.model:Qwen3_5Model",
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..qwen3_vl.model import Qwen3VLConfig, Qwen3VLModel
+from ..qwen3_vl_base import Qwen3VLConfig, Qwen3VLModel
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Qwen3.5-MoE: template and model class (registered lazily with AutoConfig / AutoModel)."""
+"""Qwen3.5-MoE: Qwen3.5 with experts: template and model class (imported when first built)."""
 
-from ..auto.config_auto import register_config
-from ..auto.modeling_auto import register_model
-from . import template  # noqa: F401  (registers the conversion template)
+from ..family import register_family
+from .template import TEMPLATE
 
-register_config("qwen3_5_moe", "mcore_adapter.models.qwen3_5_moe.model:Qwen3_5MoeConfig")
-register_model("qwen3_5_moe", "mcore_adapter.models.qwen3_5_moe.model:Qwen3_5MoeModel")
+register_family(
+    TEMPLATE,
+    config_class="mcore_adapter.models.qwen3_5_moe.model:Qwen3_5MoeConfig",
+    model_class="mcore_adapter.models.qwen3_5_moe.model:Qwen3_5MoeModel",
+)

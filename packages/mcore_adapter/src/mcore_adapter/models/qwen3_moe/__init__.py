@@ -1,3 +1,6 @@
-"""The `qwen3_moe` family: conversion template."""
+"""Qwen3-MoE: Qwen3's attention over experts; the model is McaGPTModel."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

@@ -1,4 +1,6 @@
-"""The `qwen3_next` family: conversion template (the model is McaGPTModel: Megatron builds
-the Gated DeltaNet layers from the config)."""
+"""Qwen3-Next: Gated DeltaNet and gated attention (Megatron builds the hybrid layers from the config); the model is McaGPTModel."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)

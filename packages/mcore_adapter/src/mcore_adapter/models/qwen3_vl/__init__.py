@@ -1,8 +1,10 @@
-"""Qwen3-VL: template and model class (registered lazily with AutoConfig / AutoModel)."""
+"""Qwen3-VL: interleaved mrope and deepstack: template and model class (imported when first built)."""
 
-from ..auto.config_auto import register_config
-from ..auto.modeling_auto import register_model
-from . import template  # noqa: F401  (registers the conversion template)
+from ..family import register_family
+from .template import TEMPLATE
 
-register_config("qwen3_vl", "mcore_adapter.models.qwen3_vl.model:Qwen3VLConfig")
-register_model("qwen3_vl", "mcore_adapter.models.qwen3_vl.model:Qwen3VLModel")
+register_family(
+    TEMPLATE,
+    config_class="mcore_adapter.models.qwen3_vl.model:Qwen3VLConfig",
+    model_class="mcore_adapter.models.qwen3_vl.model:Qwen3VLModel",
+)

@@ -1,8 +1,10 @@
-"""Qwen3-VL-MoE: template and model class (registered lazily with AutoConfig / AutoModel)."""
+"""Qwen3-VL-MoE: Qwen3-VL over the Qwen3-MoE decoder: template and model class (imported when first built)."""
 
-from ..auto.config_auto import register_config
-from ..auto.modeling_auto import register_model
-from . import template  # noqa: F401  (registers the conversion template)
+from ..family import register_family
+from .template import TEMPLATE
 
-register_config("qwen3_vl_moe", "mcore_adapter.models.qwen3_vl_moe.model:Qwen3VLMoeConfig")
-register_model("qwen3_vl_moe", "mcore_adapter.models.qwen3_vl_moe.model:Qwen3VLMoeModel")
+register_family(
+    TEMPLATE,
+    config_class="mcore_adapter.models.qwen3_vl_moe.model:Qwen3VLMoeConfig",
+    model_class="mcore_adapter.models.qwen3_vl_moe.model:Qwen3VLMoeModel",
+)

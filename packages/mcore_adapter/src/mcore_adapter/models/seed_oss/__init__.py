@@ -1,3 +1,6 @@
-"""The `seed_oss` family: conversion template."""
+"""The `seed_oss` family: a dense decoder, converted by its template (Seed-OSS on McaGPTModel)."""
 
-from . import template  # noqa: F401  (registers the template)
+from ..family import register_family
+from .template import TEMPLATE
+
+register_family(TEMPLATE)
