@@ -32,11 +32,13 @@ def implementation_imported(model_type: str) -> None:
     if model_type in _imported:
         return
     _imported.add(model_type)
-    from .lazy_auto import lazy_model_class, load
+    from mcore_adapter.registry import load_object
+
+    from .lazy_auto import lazy_model_class
     from .model_providers import register_model
 
     config_target, model_targets = IMPLEMENTATIONS[model_type]
-    config_class = load(config_target)
+    config_class = load_object(config_target)
     models = {auto: lazy_model_class(target, auto, config_class) for auto, target in model_targets.items()}
     register_model(model_type, config_class, exist_ok=True, **models)
 

@@ -15,15 +15,10 @@ tests/roll_models/test_lazy_registration.py loads models through every one of th
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
-
-def load(target: str) -> Any:
-    """The object named by a "module:Name" string."""
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+from mcore_adapter.registry import load_object, split_ref
 
 
 class LazyClass:
@@ -35,7 +30,7 @@ class LazyClass:
     checks)."""
 
     def __init__(self, target: str, on_load: Callable[[type], None], **known: Any) -> None:
-        module, _, name = target.partition(":")
+        module, name = split_ref(target)
         self.__module__ = module
         self.__name__ = self.__qualname__ = name
         self.__dict__.update(known)
@@ -45,7 +40,7 @@ class LazyClass:
 
     def load(self) -> type:
         if self._lazy_class is None:
-            cls = load(self._lazy_target)
+            cls = load_object(self._lazy_target)
             self._lazy_on_load(cls)
             self._lazy_class = cls
         return self._lazy_class

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import importlib.util
 import numbers
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.machinery import PathFinder
 from typing import Any
+
+from mcore_adapter.registry import find_module_spec, load_object, split_ref
 
 # strategy -> provider, or "module:function" until first use.
 _PROVIDERS: dict[str, Callable[..., Any] | str] = {
@@ -94,9 +92,9 @@ def get_model_provider(strategy: str) -> Callable[..., Any]:
             "Add one with roll_models.model_providers.register_model_provider"
         ) from None
     if isinstance(provider, str):
-        module, _, name = provider.partition(":")
+        module, name = split_ref(provider)
         try:
-            provider = _PROVIDERS[strategy] = getattr(importlib.import_module(module), name)
+            provider = _PROVIDERS[strategy] = load_object(provider)
         except AttributeError:
             raise ProviderError(
                 f"the provider of strategy {strategy!r} is {provider!r}, but module {module!r} has no "
@@ -264,29 +262,11 @@ def check_provider(strategy: Any, provider: Any) -> None:
     module, _, function = provider.partition(":")
     if not (all(p.isidentifier() for p in module.split(".")) and function.isidentifier()):
         raise _bad("provider", expected, provider, "e.g. 'my_package.providers:my_infer'")
-    if not _findable(module):
+    if find_module_spec(module) is None:
         raise ArgumentError(
             f"provider {provider!r}: module {module!r} is not on the import path; install its "
             "package or correct the name"
         )
-
-
-def _findable(module: str) -> bool:
-    """Whether ``module`` can be imported, looked up without importing it or its packages
-    (``importlib.util.find_spec`` of a submodule imports the package)."""
-    names, path = module.split("."), None
-    for i in range(len(names)):
-        name = ".".join(names[: i + 1])
-        if name in sys.modules:
-            path = getattr(sys.modules[name], "__path__", None)
-            continue
-        if i and path is None:  # the parent is a module, not a package
-            return False
-        spec = PathFinder.find_spec(name, path) if i else importlib.util.find_spec(name)
-        if spec is None:
-            return False
-        path = spec.submodule_search_locations
-    return True
 
 
 # ---------------------------------------------------------------------- HF configs and classes

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
+from mcore_adapter.registry import load_object
 from roll_infer.sglang import user_architectures
 
-
-def _load(target: str) -> type:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-EntryClass = [_load(target) for target in user_architectures().values()]
+EntryClass = [load_object(target) for target in user_architectures().values()]

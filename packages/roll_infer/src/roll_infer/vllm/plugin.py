@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 
+from mcore_adapter.registry import find_module_spec
+
 logger = logging.getLogger(__name__)
 
 # roll_models architectures that vLLM implements itself: we use its class.
@@ -93,32 +95,6 @@ def check_entry_form(architecture: object, model_class: object) -> None:
         )
 
 
-def _find_module_spec(module: str):
-    """The import spec of ``module`` without importing it or its parent packages (an imported
-    one is taken as it is); None if it cannot be found."""
-    import importlib.machinery
-    import importlib.util
-    import sys
-
-    parts = module.split(".")
-    spec = None
-    for i in range(len(parts)):
-        name = ".".join(parts[: i + 1])
-        loaded = sys.modules.get(name)
-        if loaded is not None:
-            spec = getattr(loaded, "__spec__", None) or importlib.machinery.ModuleSpec(name, None)
-            locations = getattr(loaded, "__path__", None)
-        elif i == 0:
-            spec = importlib.util.find_spec(name)
-            locations = spec.submodule_search_locations if spec else None
-        else:
-            spec = importlib.machinery.PathFinder.find_spec(name, list(locations or ()))
-            locations = spec.submodule_search_locations if spec else None
-        if spec is None or (i < len(parts) - 1 and locations is None):
-            return None
-    return spec
-
-
 def _module_level_names(source: str) -> set[str] | None:
     """The names a module's source binds at module level, None when it cannot be told statically
     (a star import, a module ``__getattr__``, or source that does not parse)."""
@@ -171,7 +147,7 @@ def _check_class_exists(model_class: str, module: str, name: str) -> None:
             raise RegistrationError(f"model_class {model_class!r}: module {module} has no attribute {name!r}")
         return
     try:
-        spec = _find_module_spec(module)
+        spec = find_module_spec(module)
     except (ImportError, ValueError) as e:
         raise RegistrationError(f"model_class {model_class!r}: module {module} cannot be found: {e}") from e
     if spec is None:
