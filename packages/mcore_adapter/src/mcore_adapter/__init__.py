@@ -17,6 +17,7 @@ _LAZY = {
     "McaModelConfig": "mcore_adapter.models.model_config",
     "McaGPTModel": "mcore_adapter.models.model",
     "initialize_model_parallel": "mcore_adapter.parallel",
+    "ParallelLayout": "mcore_adapter.models.converter.layout",
 }
 
 __all__ = ["__version__", *_LAZY]

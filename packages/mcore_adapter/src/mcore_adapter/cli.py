@@ -39,16 +39,7 @@ def _flag(name: str) -> str:
 def _layout(args: argparse.Namespace):
     from .models.converter.layout import ParallelLayout
 
-    tp = args.tp or 1
-    return ParallelLayout(
-        tp=args.tp or 1,
-        pp=args.pp or 1,
-        vpp=args.vpp if args.vpp and args.vpp > 1 else None,
-        num_layers_in_first_pipeline_stage=args.num_layers_in_first_pipeline_stage,
-        num_layers_in_last_pipeline_stage=args.num_layers_in_last_pipeline_stage,
-        ep=args.ep or 1,
-        etp=args.etp if args.etp and args.etp != tp else None,
-    )
+    return ParallelLayout.of({name: getattr(args, name) for name in LAYOUT_FLAGS})
 
 
 def _layout_given(args: argparse.Namespace) -> list[str]:
@@ -189,16 +180,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from .verify import describe_tokens, verify
 
-    layout_kwargs = {
-        "tp": layout.tp,
-        "pp": layout.pp,
-        "vpp": layout.vpp,
-        "num_layers_in_first_pipeline_stage": layout.num_layers_in_first_pipeline_stage,
-        "num_layers_in_last_pipeline_stage": layout.num_layers_in_last_pipeline_stage,
-        "ep": layout.ep,
-        "etp": layout.etp,
-    }
-    diff = verify(hf_dir, layout_kwargs, args.batch_size, args.seq_len, image=args.image)
+    diff = verify(hf_dir, layout, args.batch_size, args.seq_len, image=args.image)
     tokens = describe_tokens(source.ckpt.config, args.batch_size, args.seq_len, args.image)
     return 0 if _report_parity(hf_dir, layout, [tokens], diff, args) else 1
 
@@ -296,7 +278,7 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     print(f"MCA -> HF: {work / 'hf_back'}:", "bit-exact" if not problems else f"MISMATCH {problems}")
     config = read_json(hf_dir / HF_CONFIG_NAME)
     prompts = [False, True] if "vision_config" in config else [False]
-    diffs = [verify(hf_dir, {"tp": 1, "pp": 1}, image=image) for image in prompts]
+    diffs = [verify(hf_dir, image=image) for image in prompts]
     diff = functools.reduce(lambda a, b: a.merge(b), diffs)
     tokens = [describe_tokens(config, 2, 16, image) for image in prompts]
     passed = _report_parity(hf_dir, ParallelLayout(), tokens, diff, args)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch.distributed as dist
 
 from . import platform
+from .models.converter.layout import ParallelLayout
 
 
 def init_process_group() -> None:
@@ -22,15 +24,14 @@ def init_process_group() -> None:
 
 
 def initialize_model_parallel(
-    tp: int = 1,
-    pp: int = 1,
-    vpp: int | None = None,
-    seed: int = 1234,
-    ep: int = 1,
-    etp: int | None = None,
+    layout: ParallelLayout | Mapping[str, Any] | None = None, seed: int = 1234, **sizes: Any
 ) -> None:
-    """Initialize megatron's parallel state once; an existing layout is kept as it is. The
-    world size must be a multiple of pp x lcm(tp, etp x ep) (``world_size`` gives the least)."""
+    """Initialize megatron's parallel state once, for ``layout`` (a ``ParallelLayout``, or its
+    sizes by name: ``initialize_model_parallel(tp=2, pp=2)``); an existing layout is kept as it
+    is. The world size must be a multiple of ``layout.world_size``."""
+    if layout is not None and sizes:
+        raise TypeError("give the layout either as a ParallelLayout or as sizes by name, not both")
+    layout = ParallelLayout.of(layout if layout is not None else sizes)
     platform.quiet_cpu_noise()
     from megatron.core import parallel_state
 
@@ -39,20 +40,14 @@ def initialize_model_parallel(
     if parallel_state.model_parallel_is_initialized():
         return
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        virtual_pipeline_model_parallel_size=vpp,
-        expert_model_parallel_size=ep,
-        expert_tensor_parallel_size=etp,
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.etp,
     )
     platform.model_parallel_seed(seed)
 
 
 def is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def world_size(tp: int = 1, pp: int = 1, ep: int = 1, etp: int | None = None) -> int:
-    """The least number of ranks that runs a layout: each pipeline stage needs every dense slice
-    (tp) and every expert slice of every expert-parallel rank (etp x ep)."""
-    return pp * math.lcm(tp, (etp or tp) * ep)

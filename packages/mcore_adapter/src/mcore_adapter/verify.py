@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .models.converter.layout import ParallelLayout
 from .parity import LogitsDiff, compare_logits
 
 
@@ -195,16 +197,15 @@ def models_config(models: Any):
 
 
 def verify_rank(
-    hf_dir: str, layout: dict[str, Any], batch_size: int, seq_len: int, seed: int, image: bool = False
+    hf_dir: str, layout: ParallelLayout, batch_size: int, seq_len: int, seed: int, image: bool = False
 ) -> LogitsDiff:
     """One rank of ``mcore-adapter verify``: build the model at ``layout`` and compare."""
     from . import AutoModel
     from .parallel import initialize_model_parallel
 
-    initialize_model_parallel(
-        tp=layout["tp"], pp=layout["pp"], vpp=layout.get("vpp"), ep=layout.get("ep", 1), etp=layout.get("etp")
-    )
-    uneven = {k: v for k, v in layout.items() if k.startswith("num_layers_in_") and v is not None}
+    initialize_model_parallel(layout)
+    # the uneven pipeline split is the model's (its config), not the process groups'
+    uneven = {k: v for k, v in layout.to_kwargs().items() if k.startswith("num_layers_in_") and v is not None}
     with warnings.catch_warnings():  # verify runs inference; the advice is for training
         warnings.filterwarnings("ignore", message="When using expert parallelism and tensor parallelism")
         models = AutoModel.from_pretrained(hf_dir, dtype=torch.float32, **uneven)
@@ -213,17 +214,16 @@ def verify_rank(
 
 def verify(
     hf_dir: str | os.PathLike,
-    layout: dict[str, Any],
+    layout: ParallelLayout | Mapping[str, Any] | None = None,
     batch_size: int = 2,
     seq_len: int = 16,
     seed: int = 0,
     image: bool = False,
 ) -> LogitsDiff:
-    """Our logits against transformers' at ``layout`` (``tp``, ``pp``, ``vpp``, uneven split, ``ep``,
-    ``etp``); more than one rank is launched here as local processes (gloo on CPU)."""
-    from .parallel import world_size
-
-    world = world_size(layout["tp"], layout["pp"], layout.get("ep", 1), layout.get("etp"))
+    """Our logits against transformers' at ``layout`` (a ``ParallelLayout`` or its fields by
+    name; default one rank); more than one rank is launched here as local processes (gloo on CPU)."""
+    layout = ParallelLayout.of(layout)
+    world = layout.world_size
     args = (str(Path(hf_dir)), layout, batch_size, seq_len, seed, image)
     if world == 1:
         return verify_rank(*args)

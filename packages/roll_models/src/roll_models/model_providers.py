@@ -48,8 +48,9 @@ class ModelArgs:
     ``head`` is the model's output: the language model's logits, or a 1-wide value or reward
     head (transformers' token / sequence classification with one label); ``dtype`` is the
     parameters' dtype; ``attn_implementation`` is transformers' (None: the
-    fastest one available here); ``layout`` is the Megatron parallel layout (``tp``, ``pp``,
-    ``vpp``, ``ep``, ``etp``) of the megatron strategies; ``deepspeed``, ``optimizer``,
+    fastest one available here); ``layout`` is the Megatron parallel layout of the megatron
+    strategies: an ``mcore_adapter.ParallelLayout`` or its process-group sizes by name
+    (``{"tp": 2, "pp": 2}``); ``deepspeed``, ``optimizer``,
     ``gradient_checkpointing`` and ``lora`` configure the deepspeed strategies.
     """
 
@@ -57,7 +58,7 @@ class ModelArgs:
     head: str = "lm"  # "lm"; "value" (per-token value, a critic) or "reward" (per-sequence score)
     dtype: str = "bfloat16"
     attn_implementation: str | None = None
-    layout: dict[str, int | None] = field(default_factory=dict)
+    layout: Any = field(default_factory=dict)  # a ParallelLayout, or a dict of its sizes
     deepspeed: dict[str, Any] | None = None  # DeepSpeed config (ZeRO stage...) of the deepspeed strategies
     optimizer: Callable[[list], Any] | None = None  # deepspeed_train: a torch optimizer of the parameters
     gradient_checkpointing: bool = False
@@ -120,7 +121,6 @@ _APPLIED_BY = {
     "optimizer": "deepspeed_train",
     "gradient_checkpointing": "deepspeed_train",
 }
-LAYOUT_KEYS = ("tp", "pp", "vpp", "ep", "etp")  # Megatron's parallel sizes
 ZERO_STAGES = (0, 1, 2, 3)
 # backend -> (files one of which marks a checkpoint directory, whether a hub id "org/name" loads)
 CHECKPOINTS = {"hf": (("config.json",), True), "megatron": (("config.json", "mca_config.json"), False)}
@@ -175,11 +175,18 @@ def _looks_like_hub_id(path: str) -> bool:
 
 
 def check_layout(layout: Any) -> None:
+    from mcore_adapter.models.converter.layout import ParallelLayout
+
+    if isinstance(layout, ParallelLayout):  # checked against the model when it is built
+        return
     if not isinstance(layout, Mapping):
         raise _bad(
-            "model_args.layout", "a dict of Megatron parallel sizes", layout, "e.g. {'tp': 2, 'pp': 1}"
+            "model_args.layout",
+            "a ParallelLayout or a dict of Megatron parallel sizes",
+            layout,
+            "e.g. {'tp': 2, 'pp': 1}",
         )
-    _check_keys("model_args.layout", layout, LAYOUT_KEYS, "Megatron's parallel sizes")
+    _check_keys("model_args.layout", layout, ParallelLayout.SIZES, "Megatron's parallel sizes")
     for key, size in layout.items():
         if size is not None and not (_is_int(size) and size > 0):
             raise _bad(

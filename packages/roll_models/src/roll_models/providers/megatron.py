@@ -15,12 +15,14 @@ def _build(model_args: ModelArgs):
     check_model_args(
         model_args, "megatron", unused=("deepspeed", "lora", "optimizer", "gradient_checkpointing")
     )
-    layout = {k: v for k, v in model_args.layout.items() if v is not None}
-    _check_world_size(layout)
+    from mcore_adapter.models.converter.layout import ParallelLayout
+
+    layout = ParallelLayout.of(model_args.layout)
+    _check_world_size(layout, model_args.layout)
     from mcore_adapter import AutoModel
     from mcore_adapter.parallel import initialize_model_parallel
 
-    initialize_model_parallel(**layout)  # keeps a layout the job already initialized
+    initialize_model_parallel(layout)  # keeps a layout the job already initialized
     model = AutoModel.from_pretrained(
         model_args.model_name_or_path, dtype=torch_dtype(model_args.dtype), **model_args.extra
     )
@@ -34,16 +36,14 @@ def _build(model_args: ModelArgs):
     return model
 
 
-def _check_world_size(layout: dict[str, int]) -> None:
+def _check_world_size(layout, given) -> None:
     """Megatron needs a rank per model-parallel slice; a process started on its own is a job of
     one rank (mcore_adapter forms that group), which Megatron would refuse with a bare
     "world_size (1) is not divisible by 2". Refused here, before Megatron is imported, with how
     to launch."""
     import torch.distributed as dist
 
-    from mcore_adapter.parallel import world_size
-
-    least = world_size(layout.get("tp", 1), layout.get("pp", 1), layout.get("ep", 1), layout.get("etp"))
+    least = layout.world_size
     if dist.is_initialized():
         world = dist.get_world_size()
     else:  # what mcore_adapter.parallel.init_process_group will join: torchrun's job, or one rank
@@ -51,7 +51,7 @@ def _check_world_size(layout: dict[str, int]) -> None:
     if world % least:
         script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "your_script.py"
         raise ProviderError(
-            f"model_args.layout {layout} needs {least} ranks (or a multiple), but this job has world size "
+            f"model_args.layout {given} needs {least} ranks (or a multiple), but this job has world size "
             f"{world}; start one process per rank, e.g. `torchrun --nproc-per-node {least} {script}` "
             "(on CPU the ranks talk over gloo)"
         )

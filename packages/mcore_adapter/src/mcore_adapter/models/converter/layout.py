@@ -79,6 +79,31 @@ class ParallelLayout:
     # The model numbers the layout is checked against (set by ``for_model``).
     num_layers: int = field(default=0, compare=False)
 
+    # The process-group sizes (what initialize_model_parallel takes; the uneven split is the
+    # model's own, given where it is built).
+    SIZES = ("tp", "pp", "vpp", "ep", "etp")
+
+    @classmethod
+    def of(cls, layout: ParallelLayout | Mapping[str, Any] | None) -> ParallelLayout:
+        """A layout given as a ``ParallelLayout`` or as its fields by name (``{"tp": 2, "pp": 2}``;
+        a ``None`` value: that field's default). The one place another form becomes a layout."""
+        if isinstance(layout, ParallelLayout):
+            return layout
+        given = {k: v for k, v in (layout or {}).items() if v is not None}
+        names = [f for f in cls.__dataclass_fields__ if f != "num_layers"]
+        unknown = sorted(set(given) - set(names), key=str)
+        if unknown:
+            raise LayoutError(f"{unknown} are not parallel layout fields; use {', '.join(names)}")
+        vpp, tp, etp = given.get("vpp"), int(given.get("tp", 1)), given.get("etp")
+        return cls(
+            **{
+                **given,
+                "tp": tp,
+                "vpp": int(vpp) if vpp and int(vpp) > 1 else None,
+                "etp": int(etp) if etp and int(etp) != tp else None,
+            }
+        )
+
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> ParallelLayout:
         """The layout an ``mca_config``-style dict describes (missing fields: no parallelism)."""
@@ -113,6 +138,17 @@ class ParallelLayout:
     @property
     def expert_tp(self) -> int:
         return self.etp or self.tp
+
+    @property
+    def world_size(self) -> int:
+        """The least number of ranks that runs this layout: each pipeline stage needs every dense
+        slice (tp) and every expert slice of every expert-parallel rank (etp x ep)."""
+        return self.pp * math.lcm(self.tp, self.expert_tp * self.ep)
+
+    @property
+    def is_bound(self) -> bool:
+        """Whether ``validate`` checked it against a model (and bound its layer count)."""
+        return self.num_layers > 0
 
     def describe(self) -> str:
         text = f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp else "")
