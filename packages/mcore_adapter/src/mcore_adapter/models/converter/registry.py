@@ -25,8 +25,13 @@ _builtins_loaded = False
 FAMILY_PACKAGE = "mcore_adapter.models"
 
 
+# Packages of mcore_adapter.models that are machinery, not families.
+_NOT_FAMILIES = frozenset({"converter", "auto"})
+
+
 def builtin_families() -> list[str]:
-    """The family folders shipped in ``mcore_adapter.models``: packages holding a ``template`` module."""
+    """The family folders shipped in ``mcore_adapter.models``: its packages that hold a ``template``
+    module, the converter and the Auto registries aside."""
     spec = importlib.util.find_spec(FAMILY_PACKAGE)
     roots = list(spec.submodule_search_locations or []) if spec is not None else []
     return sorted(
@@ -34,6 +39,7 @@ def builtin_families() -> list[str]:
         for root in roots
         for entry in os.scandir(root)
         if entry.is_dir()
+        and entry.name not in _NOT_FAMILIES
         and os.path.isfile(os.path.join(entry.path, "__init__.py"))
         and os.path.isfile(os.path.join(entry.path, "template.py"))
     )
