@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .models.converter.config_map import head_of_architecture
 from .models.converter.layout import ParallelLayout
 from .parity import LogitsDiff, compare_logits
 
@@ -21,22 +22,14 @@ def random_tokens(vocab_size: int, batch_size: int = 2, seq_len: int = 16, seed:
     return torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
 
 
-# The head an HF architecture name ends with -> (transformers' auto class, what its outputs are)
-HEADS = {
-    "ForTokenClassification": ("AutoModelForTokenClassification", "value"),
-    "ForSequenceClassification": ("AutoModelForSequenceClassification", "score"),
-}
-
-
 def hf_auto_class(config: dict[str, Any]):
     """transformers' auto class for an HF config: a value or reward model's classification
     class, a vision-language model's image-text class, else the causal LM's."""
     import transformers
 
-    architecture = (config.get("architectures") or [""])[0]
-    for suffix, (auto, _) in HEADS.items():
-        if architecture.endswith(suffix):
-            return getattr(transformers, auto)
+    head = head_of_architecture((config.get("architectures") or [""])[0])
+    if head is not None:
+        return getattr(transformers, head.auto_class)
     if "vision_config" in config:
         return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM
@@ -44,8 +37,8 @@ def hf_auto_class(config: dict[str, Any]):
 
 def output_name(config: dict[str, Any]) -> str:
     """What the compared outputs are: "logit", or a value or reward head's "value" / "score"."""
-    architecture = (config.get("architectures") or [""])[0]
-    return next((name for suffix, (_, name) in HEADS.items() if architecture.endswith(suffix)), "logit")
+    head = head_of_architecture((config.get("architectures") or [""])[0])
+    return "logit" if head is None else head.output
 
 
 def hf_model_class(hf_dir: str | os.PathLike) -> str:

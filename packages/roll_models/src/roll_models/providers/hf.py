@@ -20,9 +20,6 @@ def attn_implementation(requested: str | None) -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
-HEADS = {"value": "AutoModelForTokenClassification", "reward": "AutoModelForSequenceClassification"}
-
-
 def auto_class(config: Any, head: str = "lm"):
     """The Auto class that builds this config's model: a value or reward head's class, else
     image-text-to-text for a vision-language config, causal LM otherwise."""
@@ -33,9 +30,11 @@ def auto_class(config: Any, head: str = "lm"):
     if not sys.stderr.isatty():  # a bar's frames are noise in a log or a pipe
         transformers.utils.logging.disable_progress_bar()
     if head != "lm":
-        if head not in HEADS:
-            raise ProviderError(f"head {head!r} is not one of 'lm', {', '.join(map(repr, HEADS))}")
-        return getattr(transformers, HEADS[head])
+        from mcore_adapter.models.converter.config_map import OUTPUT_HEADS
+
+        if head not in OUTPUT_HEADS:
+            raise ProviderError(f"head {head!r} is not one of 'lm', {', '.join(map(repr, OUTPUT_HEADS))}")
+        return getattr(transformers, OUTPUT_HEADS[head].auto_class)
     if getattr(config, "vision_config", None) is not None:
         return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM

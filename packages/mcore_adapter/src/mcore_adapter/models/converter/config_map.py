@@ -53,9 +53,35 @@ ARCH_FIELDS = (
     "output_head_bias",
 )
 
-# HF architectures with a 1-wide head instead of the LM head: the head Megatron builds
-# (``output_head``; see McaGPTModel) and whether transformers gives it a bias.
-OUTPUT_HEADS = {"ForTokenClassification": ("value", True), "ForSequenceClassification": ("reward", False)}
+
+@dataclass(frozen=True)
+class OutputHead:
+    """A 1-wide head in place of the LM head, one table for every side: the head Megatron
+    builds (``output_head``; see McaGPTModel), the HF architecture suffix and Auto class that
+    name it, whether transformers gives it a bias, and what its outputs are (per token or per
+    sequence)."""
+
+    name: str
+    suffix: str
+    auto_class: str
+    bias: bool
+    output: str
+
+
+OUTPUT_HEADS: dict[str, OutputHead] = {
+    head.name: head
+    for head in (
+        OutputHead("value", "ForTokenClassification", "AutoModelForTokenClassification", True, "value"),
+        OutputHead(
+            "reward", "ForSequenceClassification", "AutoModelForSequenceClassification", False, "score"
+        ),
+    )
+}
+
+
+def head_of_architecture(architecture: str) -> OutputHead | None:
+    return next((h for h in OUTPUT_HEADS.values() if architecture.endswith(h.suffix)), None)
+
 
 # Megatron fields whose None is a setting (no window, no low-rank q projection), kept when an
 # HF config states null; other None values mean "Megatron's default" and are left out.
@@ -85,9 +111,9 @@ def output_head(hf_config: Mapping[str, Any]) -> tuple[str, bool] | None:
     """(head, bias) of a value or reward model's HF config (by its architecture); ``None`` for a
     language model."""
     for architecture in hf_config.get("architectures") or ():
-        for suffix, head in OUTPUT_HEADS.items():
-            if architecture.endswith(suffix):
-                return head
+        head = head_of_architecture(architecture)
+        if head is not None:
+            return head.name, head.bias
     return None
 
 
@@ -311,9 +337,8 @@ class TemplateConfig:
         if self.hf_architecture is None:
             missing.append("architectures (the template names no hf_architecture)")
         else:
-            suffix = next(
-                (s for s, (h, _) in OUTPUT_HEADS.items() if h == mca_kwargs.get("output_head")), None
-            )
+            head = OUTPUT_HEADS.get(mca_kwargs.get("output_head"))
+            suffix = head.suffix if head is not None else None
             out["architectures"] = [self.hf_architecture.replace("ForCausalLM", suffix or "ForCausalLM")]
             if suffix is not None:
                 out["id2label"] = {"0": "LABEL_0"}
