@@ -67,11 +67,18 @@ def _where(error: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
+# The model types whose templates were registered, in order, outside the built-in families: the
+# registry reports each (so this module, which the registry calls on a miss, need not import it).
+_registered: list[str] = []
+
+
+def template_registered(model_type: str) -> None:
+    _registered.append(model_type)
+
+
 def _load(spec: str, provider: str) -> Extension:
     """Import ``spec``, recording the templates it registers; an exception is recorded, not raised."""
-    from .models.converter.template import registered_model_types
-
-    before = set(registered_model_types())
+    start = len(_registered)
     extension = Extension(spec, provider)
     module = spec.partition(":")[0]
     try:
@@ -81,7 +88,7 @@ def _load(spec: str, provider: str) -> Extension:
         # the module itself (or its package) is absent, not something it imports
         if isinstance(e, ModuleNotFoundError) and f"{module}.".startswith(f"{e.name}."):
             extension.missing = e.name
-    extension.templates = sorted(set(registered_model_types()) - before)
+    extension.templates = sorted(set(_registered[start:]))
     return extension
 
 

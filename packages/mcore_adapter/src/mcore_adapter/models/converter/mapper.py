@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .errors import ConversionError
 from .names import MCA_EXTRA_STATE_SUFFIX, MTP_INNER, MTP_LAYER_PREFIX, attention_kinds, layer_kinds
 from .ops import ConverOp, DropConverOp, name_pattern, resolve_wildcards
-
-if TYPE_CHECKING:
-    from .spec import Template
 
 
 @dataclass
@@ -39,7 +36,8 @@ class WeightMapper:
     that every problem of a checkpoint is reported at once; otherwise each raises.
     """
 
-    def __init__(self, template: Template, mca_config: Any, to_mca: bool, problems: Any = None):
+    # template: a spec.Template (not imported: spec imports this module to build its mappers)
+    def __init__(self, template: Any, mca_config: Any, to_mca: bool, problems: Any = None):
         self.template = template
         self.mca_config = mca_config
         self.to_mca = to_mca

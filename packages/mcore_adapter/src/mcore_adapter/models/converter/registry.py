@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ... import plugins
 from .config_map import DerivedField
 from .errors import UnsupportedModelError
 from .ops import ConverOp
@@ -22,6 +23,7 @@ from .spec import Template
 
 _TEMPLATES: dict[str, Template] = {}
 _builtins_loaded = False
+_loading_builtins = False
 FAMILY_PACKAGE = "mcore_adapter.models"
 
 
@@ -46,12 +48,15 @@ def builtin_families() -> list[str]:
 
 
 def _load_builtin_templates() -> None:
-    global _builtins_loaded
+    global _builtins_loaded, _loading_builtins
     if _builtins_loaded:
         return
-    _builtins_loaded = True
-    for family in builtin_families():
-        importlib.import_module(f"{FAMILY_PACKAGE}.{family}")
+    _builtins_loaded = _loading_builtins = True
+    try:
+        for family in builtin_families():
+            importlib.import_module(f"{FAMILY_PACKAGE}.{family}")
+    finally:
+        _loading_builtins = False
 
 
 def register_template(
@@ -103,6 +108,8 @@ def register_template(
         layout_rules=tuple(layout_rules),
     )
     _TEMPLATES[hf_model_type] = template
+    if not _loading_builtins:
+        plugins.template_registered(hf_model_type)  # which extension registered what
     return template
 
 
@@ -111,13 +118,9 @@ def get_template(hf_model_type: str) -> Template:
     _load_builtin_templates()
     template = _TEMPLATES.get(hf_model_type) if isinstance(hf_model_type, str) else None
     if template is None and isinstance(hf_model_type, str):
-        from ...plugins import load_plugins
-
-        load_plugins()  # an installed package may provide it
+        plugins.load_plugins()  # an installed package may provide it
         template = _TEMPLATES.get(hf_model_type)
     if template is None:
-        from ...plugins import failures
-
         shown = (
             repr(hf_model_type)[:60]
             if isinstance(hf_model_type, str) or hf_model_type is None
@@ -127,7 +130,7 @@ def get_template(hf_model_type: str) -> Template:
             f"no conversion template for model_type {shown}; supported: "
             f"{', '.join(sorted(_TEMPLATES))}. Register one with "
             "mcore_adapter.models.converter.template.register_template(...) in a module named by "
-            f"--import or by an 'mcore_adapter.plugins' entry point{failures()}"
+            f"--import or by an 'mcore_adapter.plugins' entry point{plugins.failures()}"
         )
     return template
 
