@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from layout_cases import run_cases  # this folder's helper (the ranks import it too)
 
 from mcore_adapter.launch import launch
 from mcore_adapter.models.converter.convert import convert_hf_to_mca
 from mcore_adapter.models.converter.layout import ParallelLayout
 from mcore_adapter.parity import FP32_RTOL
 from mcore_adapter.testing import MOE_MODELS, TINY_MODELS, TINY_VL_MODELS
-from mcore_adapter.testing.layout_cases import run_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

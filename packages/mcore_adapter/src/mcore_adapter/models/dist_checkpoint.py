@@ -9,7 +9,8 @@ the metadata through the allowlist of ``converter.untrusted`` and stored objects
 
 Megatron builds its reader in one module-level function, ``_get_filesystem_reader``, with no
 way to pass one in; the reader is put there only while our own strategy loads, and a
-megatron-core without that function is refused rather than loaded unchecked.
+megatron-core without that function is refused rather than loaded unchecked
+(``compat.megatron.torch_dist_reader``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typing import Any
 
 import torch
 from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.strategies import torch as megatron_torch_strategy
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta
 
+from ..compat import megatron as megatron_compat
 from .converter.atomic import check_free_space
 from .converter.errors import CheckpointError, UserError
 from .converter.hf_io import read_json
@@ -77,13 +78,6 @@ class SafeFileSystemReader(FileSystemReader):
 
 @contextlib.contextmanager
 def _safe_reader(checkpoint_dir) -> Iterator[None]:
-    name = "_get_filesystem_reader"
-    original = getattr(megatron_torch_strategy, name, None)
-    if original is None:
-        raise RuntimeError(
-            f"this megatron-core has no {megatron_torch_strategy.__name__}.{name}, where the "
-            "torch_dist reader is built: mcore_adapter cannot load torch_dist checkpoints safely with it"
-        )
     metadata = read_dcp_metadata(Path(checkpoint_dir) / ".metadata")
 
     def reader(path, cache_metadata: bool = False) -> SafeFileSystemReader:
@@ -91,11 +85,8 @@ def _safe_reader(checkpoint_dir) -> Iterator[None]:
             raise RuntimeError(f"megatron-core asked to read {path} while loading {checkpoint_dir}")
         return SafeFileSystemReader(path, metadata)
 
-    setattr(megatron_torch_strategy, name, reader)
-    try:
+    with megatron_compat.torch_dist_reader(reader):
         yield
-    finally:
-        setattr(megatron_torch_strategy, name, original)
 
 
 class _SafeShardedLoad(TorchDistLoadShardedStrategy):

@@ -14,7 +14,6 @@ names are mapped through the spec's own ``sharded_state_dict_keys_map``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +31,7 @@ from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
 from .. import platform
 from ..parallel import initialize_model_parallel
-from . import model_io
+from . import local_spec, model_io
 from .converter.dist_converter import COLUMN
 from .model_config import McaModelConfig
 
@@ -50,50 +49,24 @@ def use_transformer_engine() -> bool:
 
 def gpt_block_spec(config: McaModelConfig, vp_stage: int | None = None):
     """Megatron's layer specs for the layers this chunk builds: dense and expert layers as
-    ``moe_layer_freq`` says, GQA or multi-latent attention; Transformer Engine's modules on a
-    GPU with TE, Megatron's local modules otherwise."""
-    te = use_transformer_engine()
-    if not te:
+    ``moe_layer_freq`` says, GQA, multi-latent attention or Gated DeltaNet; Transformer Engine's
+    modules on a GPU with TE, Megatron's local modules (``local_spec``) otherwise."""
+    if not use_transformer_engine():
         platform.apply_local_spec_fixes()
+        return local_spec.decoder_block_spec(config, vp_stage)
     if config.experimental_attention_variant == "gated_delta_net":
-        platform.apply_gated_delta_net_fallback()
-        if te:
-            return get_transformer_block_with_experimental_attention_variant_spec(config, vp_stage=vp_stage)
-    spec = get_gpt_decoder_block_spec(
-        config, use_transformer_engine=te, normalization=config.normalization, vp_stage=vp_stage
+        spec = get_transformer_block_with_experimental_attention_variant_spec(config, vp_stage=vp_stage)
+        return local_spec.with_gated_delta_net_kernels(spec)
+    return get_gpt_decoder_block_spec(
+        config, use_transformer_engine=True, normalization=config.normalization, vp_stage=vp_stage
     )
-    if config.experimental_attention_variant == "gated_delta_net":
-        _local_gated_delta_net_layers(config, spec, vp_stage)
-    return spec
 
 
-def _local_gated_delta_net_layers(config: McaModelConfig, spec, vp_stage: int | None) -> None:
-    """Megatron's hybrid block spec is Transformer Engine only: with the local spec, the Gated
-    DeltaNet layers get Megatron's ``GatedDeltaNet`` with local linears and norm (the input
-    norm stays a separate module, which TE fuses into ``in_proj``)."""
-    from megatron.core.models.backends import LocalSpecProvider
-    from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
-        get_linear_attention_pattern,
-    )
-    from megatron.core.ssm.gated_delta_net import GatedDeltaNetSubmodules
-    from megatron.core.transformer.spec_utils import ModuleSpec
-    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
-
-    pattern = get_linear_attention_pattern(config)
-    offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
-    local = LocalSpecProvider()
-    gdn = ModuleSpec(  # megatron's get_gated_delta_net_module_spec, with an unfused in_proj
-        module=GatedDeltaNet,
-        submodules=GatedDeltaNetSubmodules(
-            in_proj=local.column_parallel_linear(),
-            out_norm=local.layer_norm(rms_norm=config.normalization == "RMSNorm", for_qk=False),
-            out_proj=local.row_parallel_linear(),
-        ),
-    )
-    for index, layer in enumerate(spec.layer_specs):  # layers may share one spec object: copy
-        if pattern[offset + index]:
-            submodules = dataclasses.replace(layer.submodules, self_attention=gdn)
-            spec.layer_specs[index] = dataclasses.replace(layer, submodules=submodules)
+def mtp_block_spec(config: McaModelConfig, block_spec, vp_stage: int | None = None):
+    """Megatron's multi-token-prediction block spec over ``block_spec``, with the same modules."""
+    if use_transformer_engine():
+        return get_gpt_mtp_block_spec(config, block_spec, True, vp_stage=vp_stage)
+    return local_spec.mtp_block_spec(config, block_spec, vp_stage)
 
 
 # Megatron's local spec builds MLA's down projections as column-parallel linears (TE's are
@@ -173,7 +146,7 @@ class McaGPTModel(GPTModel):
         block_spec = gpt_block_spec(config, vp_stage)
         mtp_spec = None
         if config.mtp_num_layers:
-            mtp_spec = get_gpt_mtp_block_spec(config, block_spec, use_transformer_engine(), vp_stage=vp_stage)
+            mtp_spec = mtp_block_spec(config, block_spec, vp_stage)
         super().__init__(
             config=config,
             transformer_layer_spec=block_spec,

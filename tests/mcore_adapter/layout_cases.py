@@ -5,6 +5,10 @@ pays megatron's import once. Each case builds the model at its layout from the H
 and checks it against transformers, reloads it from the offline converter's ``torch`` rank
 files, exports it back to HF, and optionally saves ``torch_dist`` and reloads it at another
 layout. Rank 0 returns the results.
+
+A test helper, not shipped: the test imports it as ``layout_cases`` (pytest puts this folder
+on ``sys.path``), and the spawned ranks find it there too, since multiprocessing's spawn hands
+the parent's ``sys.path`` to each child before it unpickles the function to run.
 """
 
 from __future__ import annotations
@@ -15,15 +19,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..parity import LogitsDiff, compare_logits
-from ..verify import agree, hf_inputs, hf_logits, image_prompt, megatron_logits, models_config, random_tokens
-from .compare import compare_hf_dirs
+from mcore_adapter.parity import LogitsDiff, compare_logits
+from mcore_adapter.testing.compare import compare_hf_dirs
+from mcore_adapter.verify import (
+    agree,
+    hf_inputs,
+    hf_logits,
+    image_prompt,
+    megatron_logits,
+    models_config,
+    random_tokens,
+)
 
 
 def _init(layout: dict[str, Any]) -> dict[str, Any]:
     from megatron.core import parallel_state
 
-    from ..parallel import initialize_model_parallel
+    from mcore_adapter.parallel import initialize_model_parallel
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
@@ -71,8 +83,8 @@ def _diffs(
 def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import importlib
 
-    from .. import AutoModel
-    from ..models.converter.hf_io import HFCheckpoint
+    from mcore_adapter import AutoModel
+    from mcore_adapter.models.converter.hf_io import HFCheckpoint
 
     for module in case.get("imports", ()):  # e.g. a package registering HF implementations
         importlib.import_module(module)
