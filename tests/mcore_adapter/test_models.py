@@ -219,7 +219,7 @@ def test_multi_rank_torch_checkpoint_to_torch_dist_in_one_command(
 def test_export_yields_the_checkpoint_in_bounded_buckets(megatron, tiny_checkpoint):
     from mcore_adapter import AutoModel
     from mcore_adapter.models.converter.hf_io import HFCheckpoint
-    from mcore_adapter.models.model_io import export_hf_buckets
+    from mcore_adapter.models.export import export_hf_buckets
 
     path = tiny_checkpoint("qwen3")
     model = AutoModel.from_pretrained(path)

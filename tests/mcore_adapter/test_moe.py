@@ -233,7 +233,7 @@ def test_export_streams_expert_by_expert(megatron, tiny_checkpoint):
     """With the smallest buckets every yielded tensor is one expert's (or a dense weight): the
     export never holds a layer's experts, nor a fused tensor, at once."""
     from mcore_adapter import AutoModel
-    from mcore_adapter.models.model_io import export_hf_buckets
+    from mcore_adapter.models.export import export_hf_buckets
 
     path = tiny_checkpoint("deepseek_v3")
     model = AutoModel.from_pretrained(path)

@@ -131,7 +131,7 @@ def _convert_through_model(
     (world size 1) and written in the requested form. ``torch_dist`` itself is layout-free."""
     from . import AutoModel
     from .models.converter.convert import dtype_name, parse_dtype, save_mca_torch
-    from .models.model_io import ModelSource
+    from .models.model_source import ModelSource
 
     dtype = parse_dtype(args.dtype)
     overrides = {"hf_config": hf_config} if hf_config is not None else {}

@@ -4,8 +4,9 @@ Differences from ``GPTModel``: it is built from an ``McaModelConfig`` (layer spe
 the config: Transformer Engine when present, Megatron's local modules otherwise), applies all
 Llama-3 rope-scaling parameters (Megatron hard-codes three of four), defaults position ids and
 the causal mask, and has ``from_pretrained`` / ``save_pretrained`` / ``save_pretrained_as_hf``
-/ ``export_hf_weights``, which work at any parallel layout (see ``model_io``). With virtual
-pipeline stages ``from_pretrained`` returns the rank's chunks as ``VirtualModels``.
+/ ``export_hf_weights``, which work at any parallel layout (see ``loading``, ``saving`` and
+``export``). With virtual pipeline stages ``from_pretrained`` returns the rank's chunks as
+``VirtualModels``.
 
 Weights are named by their Megatron names in Transformer Engine style (as in
 dist_checkpointing and Megatron-LM checkpoints); the local layer spec's different parameter
@@ -25,26 +26,15 @@ from megatron.core.models.gpt.experimental_attention_variant_module_specs import
     get_transformer_block_with_experimental_attention_variant_spec,
 )
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
-from megatron.core.ssm.gated_delta_net import GatedDeltaNet
-from megatron.core.transformer.moe.moe_layer import MoELayer
-from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
 from .. import platform
 from ..parallel import initialize_model_parallel
-from . import local_spec, model_io
-from .converter.dist_converter import COLUMN
+from . import export, loading, local_spec, saving
+from .chunks import live_layout_kwargs
+from .converter.stream import DEFAULT_BUCKET_BYTES
 from .model_config import McaModelConfig
-
-try:  # Transformer Engine is optional (absent on CPU machines)
-    import transformer_engine  # noqa: F401
-
-    HAVE_TE = True
-except ImportError:
-    HAVE_TE = False
-
-
-def use_transformer_engine() -> bool:
-    return HAVE_TE and platform.has_cuda()
+from .tp_rules import te_names, use_transformer_engine
+from .virtual import VirtualModels, build_chunks
 
 
 def gpt_block_spec(config: McaModelConfig, vp_stage: int | None = None):
@@ -67,38 +57,6 @@ def mtp_block_spec(config: McaModelConfig, block_spec, vp_stage: int | None = No
     if use_transformer_engine():
         return get_gpt_mtp_block_spec(config, block_spec, True, vp_stage=vp_stage)
     return local_spec.mtp_block_spec(config, block_spec, vp_stage)
-
-
-# Megatron's local spec builds MLA's down projections as column-parallel linears (TE's are
-# duplicated): a built local-spec model holds slices of what the torch format keeps whole.
-LOCAL_SPEC_TP_RULES = {
-    ".self_attention.linear_q_down_proj.weight": COLUMN,
-    ".self_attention.linear_kv_down_proj.weight": COLUMN,
-}
-
-
-def tp_rule_overrides(config: McaModelConfig) -> dict[str, str]:
-    """How the built model splits weights otherwise than the ``torch`` format (TE's spec)."""
-    return {} if use_transformer_engine() or not config.multi_latent_attention else LOCAL_SPEC_TP_RULES
-
-
-def te_names(layer) -> dict[str, str]:
-    """Local-spec parameter prefixes of one layer -> the names Transformer Engine's spec gives
-    them (TE fuses some norms into the next linear). Megatron's own ``sharded_state_dict_keys_map``
-    covers only the dense GQA layer, and wrongly renames an expert layer's separate norm."""
-    attention = layer.self_attention
-    if isinstance(attention, MLASelfAttention):
-        names = {
-            "self_attention.q_layernorm.": "self_attention.linear_q_up_proj.layer_norm_",
-            "self_attention.kv_layernorm.": "self_attention.linear_kv_up_proj.layer_norm_",
-        }
-    elif isinstance(attention, GatedDeltaNet):
-        names = {"input_layernorm.": "self_attention.in_proj.layer_norm_"}
-    else:
-        names = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
-    if not isinstance(layer.mlp, MoELayer):
-        names["pre_mlp_layernorm."] = "mlp.linear_fc1.layer_norm_"
-    return names
 
 
 class ScalarHead(torch.nn.Module):
@@ -259,7 +217,7 @@ class McaGPTModel(GPTModel):
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, dtype: torch.dtype | None = None, **config_overrides: Any
-    ) -> McaGPTModel | model_io.VirtualModels:
+    ) -> McaGPTModel | VirtualModels:
         """Build this rank's part of the model and load an HF directory (converted on the fly,
         reading only the tensors this rank holds) or an MCA directory.
 
@@ -276,26 +234,26 @@ class McaGPTModel(GPTModel):
             # modules read them (attention's softmax upcast to float32, as transformers does it)
             config_overrides.setdefault("bf16", dtype == torch.bfloat16)
             config_overrides.setdefault("fp16", dtype == torch.float16)
-        config = AutoConfig.from_pretrained(path, **{**model_io.live_layout_kwargs(), **config_overrides})
-        models = model_io.build_chunks(cls, config)
-        model_io.load_pretrained(models, path)
+        config = AutoConfig.from_pretrained(path, **{**live_layout_kwargs(), **config_overrides})
+        models = build_chunks(cls, config)
+        loading.load_pretrained(models, path)
         config.name_or_path = os.fspath(path)  # as transformers records it: sinks refuse to write over it
         return models[0] if len(models) == 1 else models
 
     def save_pretrained(self, path: str | os.PathLike, force: bool = False) -> None:
         """Save as an MCA directory: ``mca_config.json`` + megatron-core dist_checkpointing
         (``torch_dist``), which Megatron reloads at any parallel layout. Collective."""
-        model_io.save_pretrained([self], path, force)
+        saving.save_pretrained([self], path, force)
 
     def save_pretrained_as_hf(
         self, path: str | os.PathLike, force: bool = False, max_shard_bytes: int | None = None
     ) -> None:
         """Save as an HF directory with the names, shapes and dtype of the checkpoint the model
         came from, gathering the weights of every rank. Collective; rank 0 writes."""
-        model_io.save_pretrained_as_hf([self], path, force, max_shard_bytes)
+        saving.save_pretrained_as_hf([self], path, force, max_shard_bytes)
 
     def export_hf_weights(
-        self, bucket_bytes: int = model_io.DEFAULT_BUCKET_BYTES
+        self, bucket_bytes: int = DEFAULT_BUCKET_BYTES
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """``(hf_name, tensor)`` of the whole model on every rank, gathered bucket by bucket."""
-        return model_io.export_hf_weights([self], bucket_bytes)
+        return export.export_hf_weights([self], bucket_bytes)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-from .model_io import dist_converter
+from .chunks import dist_converter
 
 
 def forward_logits(models: list, input_ids: torch.Tensor, **kwargs) -> torch.Tensor | None:

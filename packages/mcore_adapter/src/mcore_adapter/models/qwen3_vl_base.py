@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from .chunks import dist_converter
 from .deepstack import Deepstack, DeepstackTransformerBlock
-from .model_io import dist_converter
 from .mrope_rotary import InterleavedMultimodalRotaryEmbedding
 from .qwen3_vl_common import deepstack_layers
 from .vision_language import VisionLanguageConfig, VisionLanguageModel

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import roll_models  # noqa: F401  (registers roll_models' configs and models with transformers)
+from roll_infer.registration import RegistrationError, add_env_entry, check_entry_form, env_entries
 
 # roll_models architectures that SGLang implements itself.
 NATIVE_ARCHITECTURES = frozenset({"InternLM2ForCausalLM"})
@@ -29,8 +30,6 @@ ENV_MODELS = "ROLL_INFER_SGLANG_MODELS"
 
 
 def user_architectures() -> dict[str, str]:
-    from roll_infer.vllm.plugin import env_entries
-
     return env_entries(ENV_MODELS)
 
 
@@ -38,10 +37,8 @@ def register_architecture(architecture: str, model_class: str) -> None:
     """Have SGLang processes started after this call (with
     ``SGLANG_EXTERNAL_MODEL_PACKAGE=roll_infer.sglang``) serve ``architecture`` with
     ``model_class`` ("module:Class"; the class's name must be the architecture). The entry is
-    checked here (``roll_infer.vllm.plugin.check_entry``): the module must be findable and
+    checked here (``roll_infer.registration.check_entry``): the module must be findable and
     define the class."""
-    from roll_infer.vllm.plugin import RegistrationError, add_env_entry, check_entry_form
-
     check_entry_form(architecture, model_class)
     name = model_class.partition(":")[2]
     if name != architecture:

@@ -40,7 +40,7 @@ import weakref
 
 import torch
 
-from mcore_adapter.models.converter.untrusted import file_kind
+from mcore_adapter.export import file_kind
 from roll_infer.weight_sync.common import WeightSyncError
 
 DIR_PREFIX = "roll-refit-"

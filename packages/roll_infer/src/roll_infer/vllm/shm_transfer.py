@@ -7,7 +7,11 @@ It runs vLLM's four phases unchanged: ``init_weight_transfer_engine`` maps the s
 after loading, so a plain ``load_weights`` into a live model would not reach the kernels),
 ``update_weights`` loads one bucket, ``finish_weight_update`` finalizes. The trainer fills the
 segment a bucket at a time and calls ``update_weights`` for each; the call returns when the
-engine has copied the bucket out, so one segment serves the whole stream.
+engine has copied the bucket out, so one segment serves the whole stream. A bucket is the
+source's own (``WeightStream.buckets``: what a Megatron source gathers at once is what one
+update moves); a source with only vLLM's channels is bucketed by the same rule
+(``mcore_adapter.export.bucketed``). The segment grows to the largest bucket (which overshoots
+``bucket_bytes`` by less than its last tensor).
 
 An update is all or nothing as far as the engine reports: a name the engine's model does not
 have, a shape it cannot take or a dtype other than the engine's fails the update with the name;
@@ -43,6 +47,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from mcore_adapter.export import DEFAULT_BUCKET_BYTES, checked_buckets, stream_buckets, tensor_nbytes
 from roll_infer.weight_sync.common import TransferStats, WeightSyncError, consumer_dtypes
 
 from .shm_segment import Segment, open_segment
@@ -51,7 +56,6 @@ if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.config.weight_transfer import WeightTransferConfig
 
-DEFAULT_BUCKET_BYTES = 256 << 20
 _ALIGN = 64
 
 
@@ -354,18 +358,16 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
     def _send(self, weight_version: str | None) -> TransferStats | None:
         assert self.source is not None
         meta = self.source.metadata()  # collective for Megatron sources: every rank runs it
+        buckets = stream_buckets(self.source, self.bucket_bytes)
         if not self.is_sender:
-            for _ in self.source:
+            for _ in buckets:
                 pass
             return None
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine
-
         stats, start = TransferStats(), time.perf_counter()
         self.client.start_weight_update()
         try:
-            # vLLM's own check that iteration matches metadata() (name, dtype, shape, count).
-            pairs = NCCLTrainerWeightTransferEngine._checked_iter(self.source, meta)
-            for update in self._buckets(pairs, meta, stats):
+            # Iteration must match metadata() (name, dtype, shape, count), as vLLM's backends check.
+            for update in self._updates(checked_buckets(buckets, meta), meta, stats):
                 try:
                     self.client.update_weights(update)
                 except Exception as e:  # the engine failed the update and has aborted it
@@ -391,31 +393,30 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
         assert self.segment is not None
         return SharedMemoryUpdateInfo(nbytes=self.segment.nbytes, path=self.segment.path, **fields)
 
-    def _buckets(
-        self, pairs: Iterator[tuple[str, torch.Tensor]], meta: list[ParamMeta], stats: TransferStats
+    def _updates(
+        self, buckets: Iterator[list[tuple[str, torch.Tensor]]], meta: list[ParamMeta], stats: TransferStats
     ) -> Iterator[dict[str, Any]]:
+        """One update per bucket, written into the segment."""
         assert self.segment is not None
         segment = self.segment
-        bucket, offset = self._update_info(total=len(meta)), 0
-        for name, tensor in pairs:
-            nbytes = tensor.numel() * tensor.element_size()
-            if bucket.names and offset + nbytes > segment.nbytes:
-                stats.buckets += 1
-                yield asdict(bucket)
-                bucket, offset = self._update_info(total=len(meta)), 0
-            if nbytes > segment.nbytes:  # one tensor larger than a bucket: grow, tell the engine
-                segment.resize(_align(nbytes))
-                bucket.nbytes = segment.nbytes
-            _view(segment.tensor, offset, tensor.dtype, list(tensor.shape)).copy_(tensor)
-            bucket.names.append(name)
-            bucket.dtype_names.append(str(tensor.dtype).removeprefix("torch."))
-            bucket.shapes.append(list(tensor.shape))
-            bucket.offsets.append(offset)
-            offset = _align(offset + nbytes)
-            stats.add(tensor)
-        if bucket.names or not meta:
+        for pairs in buckets:
+            needed = sum(_align(tensor_nbytes(tensor)) for _, tensor in pairs)
+            if needed > segment.nbytes:  # a bucket larger than the segment: grow, tell the engine
+                segment.resize(needed)
+            bucket, offset = self._update_info(total=len(meta)), 0
+            for name, tensor in pairs:
+                _view(segment.tensor, offset, tensor.dtype, list(tensor.shape)).copy_(tensor)
+                bucket.names.append(name)
+                bucket.dtype_names.append(str(tensor.dtype).removeprefix("torch."))
+                bucket.shapes.append(list(tensor.shape))
+                bucket.offsets.append(offset)
+                offset = _align(offset + tensor_nbytes(tensor))
+                stats.add(tensor)
             stats.buckets += 1
             yield asdict(bucket)
+        if not stats.buckets:  # nothing to send: the engine still learns the update's size
+            stats.buckets += 1
+            yield asdict(self._update_info(total=len(meta)))
 
     def shutdown(self) -> None:
         if self.segment is not None:
@@ -426,9 +427,9 @@ class SharedMemoryTrainerWeightTransferEngine(TrainerWeightTransferEngine[Shared
 # A trainer process that never started an engine has not run vLLM's plugins: importing this
 # module (for SharedMemoryTrainerInitInfo) is enough to make the backend known to the factories.
 def _register() -> None:
-    from .plugin import _register_transfer_backend
+    from .plugin import register_transfer_backend
 
-    _register_transfer_backend()
+    register_transfer_backend()
 
 
 _register()

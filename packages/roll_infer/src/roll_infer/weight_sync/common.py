@@ -9,6 +9,10 @@ from typing import Any
 
 import torch
 
+from mcore_adapter.export import TensorMeta
+
+__all__ = ["TensorMeta", "TransferStats", "WeightSyncError", "consumer_dtypes"]
+
 
 class WeightSyncError(RuntimeError):
     """A weight sync that did not complete, naming the tensors at fault. Sinks check the whole
@@ -29,15 +33,6 @@ class TransferStats:
     @property
     def bytes_per_s(self) -> float:
         return self.bytes / self.seconds if self.seconds else 0.0
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    """One tensor a source will send: what vLLM's ``ParamMeta`` holds, without vLLM."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
 
 
 def consumer_dtypes(source: Any, dtypes: torch.dtype | Mapping[str, torch.dtype] | None):

@@ -1,12 +1,14 @@
 """``McaWeights``: an mcore_adapter model, at any TP / PP / VPP / EP layout, as a stream of HF
-weights with vLLM's two channels (``metadata()`` and iteration), without importing vLLM. It
-feeds the sinks that need no engine (``sync_to_hf_model``, ``sync_to_directory``);
+weights with vLLM's two channels (``metadata()`` and iteration), without importing vLLM, and a
+``mcore_adapter.export.WeightStream`` (``metadata()`` and ``buckets(bucket_bytes)``). It feeds
+the sinks that need no engine (``sync_to_hf_model``, ``sync_to_directory``);
 ``McaWeightSource`` adds vLLM's ``WeightSource`` base to it for vLLM's transfer backends.
 
-It streams ``export_hf_buckets``: q/k/v and gate/up come unfused (an engine's loader fuses them
-as it does for a checkpoint), experts one at a time, a bucket of gathered weights at a time, and
-tied embeddings once (the HF checkpoint has no separate ``lm_head``). ``metadata()`` is the same
-plan computed on meta tensors, so both channels agree by construction.
+It streams ``export_hf_buckets`` (each of its buckets is one of ``buckets()``): q/k/v and
+gate/up come unfused (an engine's loader fuses them as it does for a checkpoint), experts one at
+a time, a bucket of gathered weights at a time, and tied embeddings once (the HF checkpoint has
+no separate ``lm_head``). ``metadata()`` is the same plan computed on meta tensors, so both
+channels agree by construction.
 
 The dtype of each floating tensor on the wire follows one rule (``wire_dtype``): the ``dtype=``
 the source was built with; else the dtype the consumer holds that tensor in, which a consumer
@@ -22,8 +24,8 @@ from typing import Any
 
 import torch
 
-from mcore_adapter.models import model_io
-from mcore_adapter.models.model_io import DEFAULT_BUCKET_BYTES
+from mcore_adapter import export
+from mcore_adapter.export import DEFAULT_BUCKET_BYTES
 
 from .common import TensorMeta
 
@@ -46,7 +48,7 @@ class McaWeights:
         """``model``: an mcore_adapter model or its virtual-pipeline chunks. ``dtype``: send
         floating weights in this dtype whatever the consumer holds (a consumer that holds another
         refuses them, naming the tensor); by default the consumer's (see the module docstring).
-        ``bucket_bytes``: how much is gathered at a time."""
+        ``bucket_bytes``: how much is gathered at a time, unless ``buckets()`` is given another."""
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(
                 f"dtype must be a floating torch.dtype (e.g. torch.bfloat16) or None, got {dtype!r}"
@@ -80,7 +82,7 @@ class McaWeights:
 
     def plan(self) -> list[tuple[int, str, torch.Size, torch.dtype]]:
         if self._plan is None:  # collective under pipeline parallelism; the model's shapes are fixed
-            self._plan = model_io.export_hf_plan(self.models)
+            self._plan = export.export_hf_plan(self.models)
         return self._plan
 
     def metadata(self) -> list:
@@ -93,11 +95,26 @@ class McaWeights:
         """The names this rank yields tensors for; None for all (every stage gathered)."""
         return None
 
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor | None]]:
+    def _exported(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """The export's buckets, of the names this rank yields, not yet in the wire dtype."""
         self.plan()  # every rank joins the plan's collective before the first gather
         wanted = self._wanted()
-        for bucket in model_io.export_hf_buckets(self.models, self.bucket_bytes, self.all_stages):
+        for bucket in export.export_hf_buckets(self.models, bucket_bytes, self.all_stages):
+            yield [(name, t) for name, t in bucket if wanted is None or name in wanted]
+
+    def _wire(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        return None if tensor.is_meta else tensor.to(self.wire_dtype(name, tensor.dtype))
+
+    def buckets(self, bucket_bytes: int | None = None) -> Iterator[list[tuple[str, torch.Tensor | None]]]:
+        """The stream a bucket at a time (``bucket_bytes``, by default the one this source was
+        built with, gathered at once): each tensor in its wire dtype, ``None`` for one this rank
+        does not hold (``all_stages=False``)."""
+        for bucket in self._exported(self.bucket_bytes if bucket_bytes is None else bucket_bytes):
+            if bucket:
+                yield [(name, self._wire(name, tensor)) for name, tensor in bucket]
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor | None]]:
+        # Cast one tensor at a time: a consumer that copies each away holds no bucket of casts.
+        for bucket in self._exported(self.bucket_bytes):
             for name, tensor in bucket:
-                if wanted is not None and name not in wanted:
-                    continue
-                yield name, None if tensor.is_meta else tensor.to(self.wire_dtype(name, tensor.dtype))
+                yield name, self._wire(name, tensor)

@@ -32,12 +32,10 @@ def _hf_targets(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is None:
         return targets
-    from mcore_adapter.models.converter.template import get_template, registered_model_types
+    from mcore_adapter.export import fused_experts
 
-    if model_type not in registered_model_types():
-        return targets
-    fused = get_template(model_type).fused_experts()
-    if not fused:
+    fused = fused_experts(model_type)
+    if fused is None:
         return targets
     for name in [n for n in targets if fused.holds(n)]:
         tensor = targets.pop(name)
@@ -156,8 +154,12 @@ def sync_to_directory(
     replacing it would delete the checkpoint being synced from."""
     import torch.distributed as dist
 
-    from mcore_adapter.models.converter.atomic import check_not_overlapping, staged_output_dir
-    from mcore_adapter.models.converter.hf_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
+    from mcore_adapter.export import (
+        DEFAULT_MAX_SHARD_BYTES,
+        SafetensorsWriter,
+        check_not_overlapping,
+        staged_output_dir,
+    )
 
     if max_shard_bytes is not None and (
         not isinstance(max_shard_bytes, int) or isinstance(max_shard_bytes, bool) or max_shard_bytes <= 0

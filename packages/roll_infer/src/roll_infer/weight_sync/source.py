@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
-from mcore_adapter.models.model_io import DEFAULT_BUCKET_BYTES
+from mcore_adapter.export import DEFAULT_BUCKET_BYTES
 
 from .mca import McaWeights
 

@@ -61,6 +61,7 @@ from .mca_io import (
 from .registry import get_template
 from .shapes import Problems, ShapeCheck, describe
 from .spec import Template
+from .stream import DEFAULT_BUCKET_BYTES, Bucket, TensorMeta, bucketed
 
 # Files a conversion writes itself; every other top-level non-weight file travels along.
 _WRITTEN_BY_CONVERSION = {HF_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, MCA_CONFIG_NAME, TRACKER_NAME}
@@ -155,7 +156,21 @@ def count_rank_tensors(readers: Iterable[TorchRankReader]) -> int:
 
 
 # ---------------------------------------------------------------------- sources
-class HFSource:
+class _CanonicalStream:
+    """The ``stream.WeightStream`` channels of a source whose ``weights(meta)`` yields its
+    canonical weights: ``metadata()`` is the dry run (every check included), ``buckets()`` the
+    real pass in buckets."""
+
+    weights: Callable[..., Weights]
+
+    def metadata(self) -> list[TensorMeta]:
+        return [TensorMeta(name, t.dtype, tuple(t.shape)) for name, t in self.weights(meta=True)]
+
+    def buckets(self, bucket_bytes: int | None = None) -> Iterator[Bucket]:
+        return bucketed(self.weights(), DEFAULT_BUCKET_BYTES if bucket_bytes is None else bucket_bytes)
+
+
+class HFSource(_CanonicalStream):
     """Canonical weights from an HF checkpoint, through its template's ops. With ``drop_mtp``
     its multi-token-prediction layers are left out (``dropped_mtp_layers`` says how many)."""
 
@@ -248,7 +263,7 @@ class HFSource:
                     )
 
 
-class McaTorchSource:
+class McaTorchSource(_CanonicalStream):
     """Canonical weights from an MCA checkpoint in ``torch`` format (any layout), ours or one
     written by ROLL's mcore_adapter; ``hf_config`` supplies an HF config the checkpoint lacks."""
 
