@@ -158,8 +158,11 @@ def load_weights_only(file: Any, what: str | None = None, **kwargs: Any) -> Any:
 def read_dcp_metadata(path: Path):
     """The ``Metadata`` of a torch distributed checkpoint, unpickled through the allowlist, with
     every storage file it names checked to be a plain file name of its directory."""
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import Metadata
+
+    from ...compat.torch import dcp_storage_info
+
+    storage_info = dcp_storage_info()
 
     with open_regular(path) as f:
         try:
@@ -179,7 +182,7 @@ def read_dcp_metadata(path: Path):
     if not isinstance(metadata, Metadata) or not isinstance(storage, dict):
         raise CheckpointError(f"{path} does not hold distributed-checkpoint metadata")
     for info in storage.values():
-        if not isinstance(info, _StorageInfo):
+        if not isinstance(info, storage_info):
             raise CheckpointError(f"{path}: a storage entry is not a file range")
         plain_name(info.relative_path, str(path))
         if not all(
